@@ -1,1 +1,667 @@
-//! TODO
+//! The configuration file: serde structs with their defaults, and `validate()`, which finds
+//! every problem at once so `postern check-config` can list them all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the configuration is read from when neither `--config` nor `$POSTERN_CONFIG` says.
+pub const DEFAULT_PATH: &str = "config/postern.toml";
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Users, app passwords and the audit trail.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The certificate postern presents to mail clients.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// The ports mail clients connect to.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// The real mail servers behind postern.
+    #[serde(default)]
+    pub upstream: Upstreams,
+    /// Metrics and health checks.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// How app passwords are hashed, cached and limited.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Timeouts and caps that protect postern from slow or hostile clients.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://path` (created on first start) or `postgres://user@host/db`. Several
+    /// postern instances share one PostgreSQL store to see each other's revocations.
+    #[serde(default = "default_store_url")]
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: default_store_url(),
+        }
+    }
+}
+
+fn default_store_url() -> String {
+    "sqlite://data/postern.db".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first. When neither this nor `key` exists at start,
+    /// postern writes a self-signed development pair here and warns.
+    #[serde(default = "default_cert")]
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default = "default_key")]
+    pub key: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: default_cert(),
+            key: default_key(),
+        }
+    }
+}
+
+fn default_cert() -> PathBuf {
+    "certs/postern.crt".into()
+}
+
+fn default_key() -> PathBuf {
+    "certs/postern.key".into()
+}
+
+/// The protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Imap,
+    Smtp,
+}
+
+impl Protocol {
+    /// The name used in metric labels, logs and scopes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Imap => "imap",
+            Protocol::Smtp => "smtp",
+        }
+    }
+}
+
+/// How a client listener starts TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerTls {
+    /// TLS from the first byte (ports 993, 465).
+    Implicit,
+    /// Plaintext greeting, then STARTTLS before any login (ports 143, 587).
+    Starttls,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Names the listener in logs and in the `listener` metric label.
+    pub name: String,
+    pub protocol: Protocol,
+    pub bind: SocketAddr,
+    pub tls: ListenerTls,
+    /// Expect a PROXY v1/v2 header from a trusted load balancer (not yet supported).
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Concurrent connections this listener accepts; further clients wait in the kernel's
+    /// backlog until a slot frees.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstreams {
+    pub imap: Option<UpstreamConfig>,
+    pub smtp: Option<UpstreamConfig>,
+}
+
+/// How postern reaches the upstream server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    Implicit,
+    Starttls,
+    /// Plaintext: refused unless the upstream address is on loopback.
+    None,
+}
+
+/// How postern logs in upstream on the user's behalf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamAuth {
+    /// SASL PLAIN with authzid = the user, authcid = the master user (Dovecot, Cyrus, Stalwart).
+    SaslPlainAuthzid,
+    /// LOGIN with a user name built from `master_login_format` (Dovecot's `user*master`).
+    MasterLogin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` of the real server.
+    pub address: String,
+    pub tls: UpstreamTls,
+    /// Name checked against the upstream's certificate; defaults to the host of `address`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM CA bundle to trust instead of the system roots (private CAs).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    pub auth: UpstreamAuth,
+    /// The upstream account allowed to log in as any user.
+    pub master_user: String,
+    /// File holding the master password on its first line; read at each upstream login so
+    /// rotating it needs no restart.
+    pub master_password_file: PathBuf,
+    /// For `master-login`: `{user}` and `{master}` are replaced.
+    #[serde(default = "default_master_login_format")]
+    pub master_login_format: String,
+    /// TCP connect deadline.
+    #[serde(default = "default_upstream_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Deadline for each upstream reply during greeting, TLS and login.
+    #[serde(default = "default_upstream_reply_timeout", with = "duration")]
+    pub reply_timeout: Duration,
+}
+
+fn default_master_login_format() -> String {
+    "{user}*{master}".into()
+}
+
+fn default_upstream_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_upstream_reply_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+impl UpstreamConfig {
+    /// The host part of `address`, without brackets.
+    pub fn host(&self) -> &str {
+        let host = match self.address.rsplit_once(':') {
+            Some((host, _)) => host,
+            None => &self.address,
+        };
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    /// The name to verify the upstream's certificate against.
+    pub fn server_name(&self) -> &str {
+        self.server_name.as_deref().unwrap_or_else(|| self.host())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `/metrics`, `/healthz`, `/readyz`. Keep it off the public interface.
+    #[serde(default = "default_http_bind")]
+    pub bind: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: default_http_bind(),
+        }
+    }
+}
+
+fn default_http_bind() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9898))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// argon2id memory cost in KiB for new hashes (OWASP's 19 MiB by default). Existing
+    /// hashes keep the parameters they were made with.
+    #[serde(default = "default_argon2_memory")]
+    pub argon2_memory_kib: u32,
+    /// argon2id passes.
+    #[serde(default = "default_argon2_iterations")]
+    pub argon2_iterations: u32,
+    /// argon2id lanes.
+    #[serde(default = "default_argon2_parallelism")]
+    pub argon2_parallelism: u32,
+    /// Hash verifications that may run at once; 0 means one per core. Hashing is the
+    /// expensive part of a login, so this caps the CPU a password flood can take.
+    #[serde(default)]
+    pub hash_workers: usize,
+    /// How long an unverified login waits for a free hash worker before it is answered
+    /// with a temporary failure.
+    #[serde(default = "default_hash_queue_timeout", with = "duration")]
+    pub hash_queue_timeout: Duration,
+    /// How long a verified (login, password) stays cached. Revocation clears it at once.
+    #[serde(default = "default_cache_ttl", with = "duration")]
+    pub cache_ttl: Duration,
+    /// Verified logins kept in memory.
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: u64,
+    /// Live (not revoked, not expired) app passwords a user may have.
+    #[serde(default = "default_max_app_passwords")]
+    pub max_app_passwords: u32,
+    /// How often the store is polled for revocations made elsewhere (the CLI, another
+    /// instance). Revocation takes effect within this interval plus one query.
+    #[serde(default = "default_change_poll_interval", with = "duration")]
+    pub change_poll_interval: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            argon2_memory_kib: default_argon2_memory(),
+            argon2_iterations: default_argon2_iterations(),
+            argon2_parallelism: default_argon2_parallelism(),
+            hash_workers: 0,
+            hash_queue_timeout: default_hash_queue_timeout(),
+            cache_ttl: default_cache_ttl(),
+            cache_capacity: default_cache_capacity(),
+            max_app_passwords: default_max_app_passwords(),
+            change_poll_interval: default_change_poll_interval(),
+        }
+    }
+}
+
+fn default_argon2_memory() -> u32 {
+    19_456
+}
+fn default_argon2_iterations() -> u32 {
+    2
+}
+fn default_argon2_parallelism() -> u32 {
+    1
+}
+fn default_hash_queue_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_cache_capacity() -> u64 {
+    100_000
+}
+fn default_max_app_passwords() -> u32 {
+    40
+}
+fn default_change_poll_interval() -> Duration {
+    Duration::from_millis(250)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// A client that sends nothing for this long before logging in is disconnected.
+    #[serde(default = "default_preauth_idle", with = "duration")]
+    pub preauth_idle_timeout: Duration,
+    /// From connect to a successful login, whatever the client does.
+    #[serde(default = "default_login_deadline", with = "duration")]
+    pub login_deadline: Duration,
+    /// TLS handshake with a client.
+    #[serde(default = "default_tls_handshake", with = "duration")]
+    pub tls_handshake_timeout: Duration,
+    /// A logged-in session with no traffic either way for this long is closed. IMAP
+    /// requires at least 30 minutes (RFC 9051 §5.4); clients re-issue IDLE every 29.
+    #[serde(default = "default_authenticated_idle", with = "duration")]
+    pub authenticated_idle_timeout: Duration,
+    /// Longest command line or literal accepted before login.
+    #[serde(default = "default_max_line")]
+    pub max_line: usize,
+    /// Failed logins before the connection is closed.
+    #[serde(default = "default_max_failures")]
+    pub max_failed_logins: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            preauth_idle_timeout: default_preauth_idle(),
+            login_deadline: default_login_deadline(),
+            tls_handshake_timeout: default_tls_handshake(),
+            authenticated_idle_timeout: default_authenticated_idle(),
+            max_line: default_max_line(),
+            max_failed_logins: default_max_failures(),
+        }
+    }
+}
+
+fn default_preauth_idle() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_login_deadline() -> Duration {
+    Duration::from_secs(180)
+}
+fn default_tls_handshake() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_authenticated_idle() -> Duration {
+    Duration::from_secs(35 * 60)
+}
+fn default_max_line() -> usize {
+    8 * 1024
+}
+fn default_max_failures() -> u32 {
+    3
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log shippers.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Config {
+    /// Reads and parses the file; does not validate (see [`Config::validate`]).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Every problem that would stop postern from serving, one sentence each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.listeners.is_empty() {
+            problems.push("no [[listener]] is configured".to_string());
+        }
+        let mut names = std::collections::HashSet::new();
+        for listener in &self.listeners {
+            if !names.insert(&listener.name) {
+                problems.push(format!("listener name {:?} is used twice", listener.name));
+            }
+            if listener.proxy_protocol {
+                problems.push(format!(
+                    "listener {:?}: proxy_protocol is not supported yet",
+                    listener.name
+                ));
+            }
+            if listener.max_connections == 0 {
+                problems.push(format!(
+                    "listener {:?}: max_connections must be at least 1",
+                    listener.name
+                ));
+            }
+            if listener.protocol == Protocol::Smtp {
+                problems.push(format!(
+                    "listener {:?}: the smtp protocol is not supported yet",
+                    listener.name
+                ));
+            }
+            let upstream = match listener.protocol {
+                Protocol::Imap => &self.upstream.imap,
+                Protocol::Smtp => &self.upstream.smtp,
+            };
+            if upstream.is_none() {
+                problems.push(format!(
+                    "listener {:?} needs an [upstream.{}] section",
+                    listener.name,
+                    listener.protocol.as_str()
+                ));
+            }
+        }
+        for (protocol, upstream) in [("imap", &self.upstream.imap), ("smtp", &self.upstream.smtp)] {
+            if let Some(upstream) = upstream {
+                upstream.problems(protocol, &mut problems);
+            }
+        }
+        if !self.store.url.starts_with("sqlite:")
+            && !self.store.url.starts_with("postgres://")
+            && !self.store.url.starts_with("postgresql://")
+        {
+            problems.push(format!(
+                "[store] url must start with sqlite:// or postgres://, not {:?}",
+                self.store.url
+            ));
+        }
+        let auth = &self.auth;
+        if argon2::Params::new(
+            auth.argon2_memory_kib,
+            auth.argon2_iterations,
+            auth.argon2_parallelism,
+            None,
+        )
+        .is_err()
+        {
+            problems.push("[auth] argon2 parameters are out of range".to_string());
+        }
+        if auth.max_app_passwords == 0 {
+            problems.push("[auth] max_app_passwords must be at least 1".to_string());
+        }
+        if self.limits.authenticated_idle_timeout < Duration::from_secs(31 * 60) {
+            problems.push(
+                "[limits] authenticated_idle_timeout must be at least 31m (IMAP clients re-issue IDLE every 29 minutes)"
+                    .to_string(),
+            );
+        }
+        if self.limits.max_line < 1024 {
+            problems.push("[limits] max_line must be at least 1024".to_string());
+        }
+        problems
+    }
+
+    /// Problems that do not stop postern from starting but fail logins until fixed: a
+    /// missing master password file (it is read at each upstream login, so creating it
+    /// later needs no restart). `check-config` reports them; `serve` warns.
+    pub fn deferred_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (protocol, upstream) in [("imap", &self.upstream.imap), ("smtp", &self.upstream.smtp)] {
+            if let Some(upstream) = upstream {
+                if !upstream.master_password_file.is_file() {
+                    problems.push(format!(
+                        "[upstream.{protocol}] master_password_file {} does not exist; upstream logins fail until it does",
+                        upstream.master_password_file.display()
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
+    /// `Ok` when [`Config::problems`] finds none.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+impl UpstreamConfig {
+    fn problems(&self, protocol: &str, problems: &mut Vec<String>) {
+        let section = format!("[upstream.{protocol}]");
+        if !self.address.contains(':') {
+            problems.push(format!("{section} address must be host:port"));
+        }
+        if self.tls == UpstreamTls::None && !is_loopback_host(self.host()) {
+            problems.push(format!(
+                "{section} tls = \"none\" is refused for a non-loopback upstream: the master password would cross the network in clear"
+            ));
+        }
+        if self.tls != UpstreamTls::None
+            && rustls::pki_types::ServerName::try_from(self.server_name().to_string()).is_err()
+        {
+            problems.push(format!(
+                "{section} server_name {:?} is not a valid DNS name or IP address",
+                self.server_name()
+            ));
+        }
+        if let Some(ca_file) = &self.ca_file {
+            if !ca_file.is_file() {
+                problems.push(format!(
+                    "{section} ca_file {} does not exist",
+                    ca_file.display()
+                ));
+            }
+        }
+        if self.auth == UpstreamAuth::MasterLogin && !self.master_login_format.contains("{user}") {
+            problems.push(format!(
+                "{section} master_login_format must contain {{user}}"
+            ));
+        }
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Durations written the human way: "60s", "31m", "250ms", "1h 30m".
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[listener]]
+        name = "imaps"
+        protocol = "imap"
+        bind = "127.0.0.1:10993"
+        tls = "implicit"
+
+        [upstream.imap]
+        address = "127.0.0.1:993"
+        tls = "implicit"
+        auth = "sasl-plain-authzid"
+        master_user = "proxy"
+        master_password_file = "/nonexistent/master-password"
+    "#;
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.store.url, "sqlite://data/postern.db");
+        assert_eq!(config.auth.argon2_memory_kib, 19_456);
+        assert_eq!(config.auth.max_app_passwords, 40);
+        assert_eq!(config.limits.preauth_idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.limits.max_line, 8192);
+        let upstream = config.upstream.imap.unwrap();
+        assert_eq!(upstream.server_name(), "127.0.0.1");
+        assert_eq!(upstream.master_login_format, "{user}*{master}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut config = Config::parse(MINIMAL).unwrap();
+        config.limits.authenticated_idle_timeout = Duration::from_secs(60);
+        config.store.url = "mysql://x".into();
+        let problems = config.problems();
+        assert!(config.deferred_problems()[0].contains("master_password_file"));
+        assert!(problems
+            .iter()
+            .any(|p| p.contains("authenticated_idle_timeout")));
+        assert!(problems.iter().any(|p| p.contains("[store] url")));
+    }
+
+    #[test]
+    fn plaintext_upstream_is_refused_off_loopback() {
+        let text = MINIMAL
+            .replace(
+                "tls = \"implicit\"\n        auth",
+                "tls = \"none\"\n        auth",
+            )
+            .replace("127.0.0.1:993", "mail.example.com:143");
+        let config = Config::parse(&text).unwrap();
+        assert!(config
+            .problems()
+            .iter()
+            .any(|p| p.contains("tls = \"none\" is refused")));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let text = format!("{MINIMAL}\n[http]\nbnd = \"127.0.0.1:1\"\n");
+        assert!(Config::parse(&text).is_err());
+    }
+
+    #[test]
+    fn durations_read_the_human_way() {
+        let text = format!("{MINIMAL}\n[limits]\npreauth_idle_timeout = \"90s\"\n");
+        let config = Config::parse(&text).unwrap();
+        assert_eq!(config.limits.preauth_idle_timeout, Duration::from_secs(90));
+    }
+}

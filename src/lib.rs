@@ -16,6 +16,7 @@
 //! - [`store`] keeps users, app passwords and the audit trail in SQLite or PostgreSQL.
 //! - [`sessions`] tracks live sessions so that revoking an app password closes them.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod imap;
@@ -26,5 +27,6 @@ pub mod sasl;
 pub mod server;
 pub mod sessions;
 pub mod store;
+pub mod stream;
 pub mod tls;
 pub mod upstream;

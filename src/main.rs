@@ -1,1 +1,482 @@
-fn main() {}
+//! The `postern` command: parse arguments, load the configuration, open the store, and
+//! hand over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use postern::admin::{self, AdminError, IssueRequest};
+use postern::auth::digest::DigestKey;
+use postern::auth::verifier::now;
+use postern::config::{self, Config};
+use postern::server::{self, Gateway};
+use postern::store::{AppPassword, AuditRecord, NewUser, Scope, Store, StoreError, User};
+
+#[derive(Parser)]
+#[command(
+    name = "postern",
+    version,
+    about = "App-password gateway for IMAP and SMTP"
+)]
+struct Cli {
+    /// Configuration file [default: $POSTERN_CONFIG, then config/postern.toml]
+    #[arg(long, global = true, env = "POSTERN_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Check the configuration; print "ok" or every problem found.
+    CheckConfig,
+    /// Create or update the store's tables.
+    Migrate,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage app passwords.
+    #[command(subcommand, name = "app-password")]
+    AppPassword(AppPasswordCommand),
+    /// Show the audit trail, newest first.
+    Audit {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user who may log in with app passwords.
+    Add {
+        login: String,
+        /// The account name on the upstream server [default: LOGIN]
+        #[arg(long)]
+        upstream_user: Option<String>,
+        /// A sender address the user may use (repeatable) [default: LOGIN if it is one]
+        #[arg(long = "address")]
+        addresses: Vec<String>,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one user.
+    Show {
+        login: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a user's app passwords from working and close their sessions.
+    Disable { login: String },
+    /// Let a disabled user log in again.
+    Enable { login: String },
+    /// Remove a user and all their app passwords.
+    Remove { login: String },
+}
+
+#[derive(Subcommand)]
+enum AppPasswordCommand {
+    /// Create an app password and print it, once.
+    Create {
+        login: String,
+        /// What it is for, e.g. "Outlook on the office PC"
+        #[arg(long)]
+        name: String,
+        /// Protocols it opens
+        #[arg(long, value_delimiter = ',', default_value = "imap,smtp")]
+        scopes: Vec<Scope>,
+        /// Lifetime, e.g. 90d, 12h
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a user's app passwords (never their hashes).
+    List {
+        login: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one app password by id, or all of a user's with --all LOGIN.
+    Revoke {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        #[arg(long, value_name = "LOGIN")]
+        all: Option<String>,
+    },
+}
+
+/// An error the user caused: one sentence, exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("postern: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("postern: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> Result<ExitCode> {
+    let path = cli
+        .config
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let config = Config::load(&path)?;
+    match cli.command {
+        Command::CheckConfig => {
+            let mut problems = config.problems();
+            problems.extend(config.deferred_problems());
+            if problems.is_empty() {
+                println!("ok");
+                return Ok(ExitCode::SUCCESS);
+            }
+            for problem in problems {
+                eprintln!("{}: {problem}", path.display());
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let store = open_store(&config).await?;
+            store.migrate().await?;
+            println!("migrated {}", config.store.url);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User(command) => user(&config, command).await,
+        Command::AppPassword(command) => app_password(&config, command).await,
+        Command::Audit { user, limit, json } => {
+            let store = open_store(&config).await?;
+            let records = store.audit(user.as_deref(), limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+            } else {
+                for record in &records {
+                    println!("{}", audit_line(record));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("POSTERN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn serve(config: Config) -> Result<ExitCode> {
+    init_logging(&config);
+    config.validate()?;
+    for problem in config.deferred_problems() {
+        tracing::warn!("{problem}");
+    }
+    let store = open_store(&config).await?;
+    store.migrate().await.context("migrating the store")?;
+    let gateway = Gateway::new(&config, store).await?;
+    let (listeners, http) = server::bind(&config).await?;
+    server::run(gateway, listeners, Some(http), shutdown_signal()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Opens the store; for everything but `migrate`, brings its schema up to date first so a
+/// fresh SQLite file just works.
+async fn open_store(config: &Config) -> Result<Store> {
+    let store = Store::open(&config.store.url)
+        .await
+        .with_context(|| format!("opening the store {}", redact_url(&config.store.url)))?;
+    store.migrate().await.context("migrating the store")?;
+    Ok(store)
+}
+
+/// The store URL without a password, for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn user(config: &Config, command: UserCommand) -> Result<ExitCode> {
+    let store = open_store(config).await?;
+    let result = match command {
+        UserCommand::Add {
+            login,
+            upstream_user,
+            mut addresses,
+        } => {
+            if addresses.is_empty() && login.contains('@') {
+                addresses.push(login.clone());
+            }
+            let upstream_user = upstream_user.unwrap_or_else(|| login.clone());
+            let new = NewUser {
+                login: &login,
+                upstream_user: &upstream_user,
+                addresses: &addresses,
+            };
+            store.add_user(&new, now()).await.map(|user| {
+                println!("added {}", user.login);
+            })
+        }
+        UserCommand::List { json } => store.users().await.map(|users| {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&users).unwrap_or_default()
+                );
+            } else {
+                for user in &users {
+                    println!("{}", user_line(user));
+                }
+            }
+        }),
+        UserCommand::Show { login, json } => match store.user(&login).await {
+            Ok(Some(user)) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&user).unwrap_or_default()
+                    );
+                } else {
+                    println!("{}", user_line(&user));
+                    let passwords = store.app_passwords(&login).await?;
+                    for app_password in &passwords {
+                        println!("  {}", app_password_line(app_password));
+                    }
+                }
+                Ok(())
+            }
+            Ok(None) => Err(StoreError::UnknownUser(login)),
+            Err(error) => Err(error),
+        },
+        UserCommand::Disable { login } => {
+            store.set_disabled(&login, true, now()).await.map(|user| {
+                println!("disabled {}", user.login);
+            })
+        }
+        UserCommand::Enable { login } => {
+            store.set_disabled(&login, false, now()).await.map(|user| {
+                println!("enabled {}", user.login);
+            })
+        }
+        UserCommand::Remove { login } => store.remove_user(&login, now()).await.map(|()| {
+            println!("removed {}", login.to_lowercase());
+        }),
+    };
+    finish(result.map_err(AdminError::from))
+}
+
+async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<ExitCode> {
+    let store = open_store(config).await?;
+    let result = match command {
+        AppPasswordCommand::Create {
+            login,
+            name,
+            scopes,
+            expires_in,
+            json,
+        } => {
+            let hasher = server::password_hasher(config)?;
+            let lookup_key = DigestKey::new(store.lookup_key().await?);
+            let request = IssueRequest {
+                login: &login,
+                name: &name,
+                scopes: &scopes,
+                expires_at: expires_in.map(|d| now() + d.as_secs() as i64),
+                max_live: config.auth.max_app_passwords,
+            };
+            admin::issue_app_password(&store, &hasher, &lookup_key, request, now())
+                .await
+                .map(|issued| {
+                    let app = &issued.app_password;
+                    if json {
+                        let object = serde_json::json!({
+                            "id": app.id,
+                            "login": login.to_lowercase(),
+                            "name": app.name,
+                            "scopes": app.scopes,
+                            "expires_at": app.expires_at.map(timestamp),
+                            "password": issued.password.expose(),
+                        });
+                        println!("{object}");
+                    } else {
+                        println!(
+                            "App password {} ({}) for {}:",
+                            app.id,
+                            app.name,
+                            login.to_lowercase()
+                        );
+                        println!();
+                        println!("    {}", issued.password.expose());
+                        println!();
+                        println!("It is shown only this once. Spaces are optional when typing it.");
+                    }
+                })
+        }
+        AppPasswordCommand::List { login, json } => store
+            .app_passwords(&login)
+            .await
+            .map_err(AdminError::from)
+            .map(|passwords| {
+                if json {
+                    let list: Vec<_> = passwords.iter().map(app_password_json).collect();
+                    println!("{}", serde_json::Value::Array(list));
+                } else {
+                    for app_password in &passwords {
+                        println!("{}", app_password_line(app_password));
+                    }
+                }
+            }),
+        AppPasswordCommand::Revoke { id: Some(id), .. } => {
+            admin::revoke_app_password(&store, id, now())
+                .await
+                .map(|(_, login)| println!("revoked app password {id} of {login}"))
+        }
+        AppPasswordCommand::Revoke {
+            all: Some(login), ..
+        } => admin::revoke_all(&store, &login, now()).await.map(|ids| {
+            println!(
+                "revoked {} app passwords of {}",
+                ids.len(),
+                login.to_lowercase()
+            )
+        }),
+        AppPasswordCommand::Revoke { .. } => {
+            Err(AdminError::Store(StoreError::UnknownAppPassword(0)))
+        }
+    };
+    finish(result)
+}
+
+/// Maps a refused operation to exit code 1 with one sentence on stderr.
+fn finish(result: Result<(), AdminError>) -> Result<ExitCode> {
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(AdminError::Store(StoreError::Database(error))) => Err(error.into()),
+        Err(AdminError::Store(StoreError::Migrate(error))) => Err(error.into()),
+        Err(refused) => Err(Refused(format!("{refused}.")).into()),
+    }
+}
+
+fn timestamp(unix: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+fn app_password_json(app: &AppPassword) -> serde_json::Value {
+    serde_json::json!({
+        "id": app.id,
+        "name": app.name,
+        "scopes": app.scopes,
+        "created_at": timestamp(app.created_at),
+        "last_used_at": app.last_used_at.map(timestamp),
+        "last_used_ip": app.last_used_ip,
+        "expires_at": app.expires_at.map(timestamp),
+        "revoked_at": app.revoked_at.map(timestamp),
+    })
+}
+
+fn app_password_line(app: &AppPassword) -> String {
+    let scopes: Vec<&str> = app.scopes.iter().map(|s| s.as_str()).collect();
+    let state = match (app.revoked_at, app.is_live(now())) {
+        (Some(at), _) => format!("revoked {}", timestamp(at)),
+        (None, false) => "expired".to_string(),
+        (None, true) => "live".to_string(),
+    };
+    let used = match (app.last_used_at, &app.last_used_ip) {
+        (Some(at), Some(ip)) => format!("last used {} from {ip}", timestamp(at)),
+        (Some(at), None) => format!("last used {}", timestamp(at)),
+        _ => "never used".to_string(),
+    };
+    format!(
+        "{:>5}  {:<30}  {:<9}  {}  created {}  {}",
+        app.id,
+        app.name,
+        scopes.join(","),
+        state,
+        timestamp(app.created_at),
+        used
+    )
+}
+
+fn user_line(user: &User) -> String {
+    let state = if user.disabled_at.is_some() {
+        "disabled"
+    } else {
+        "enabled"
+    };
+    format!(
+        "{}  upstream={}  {}  addresses={}",
+        user.login,
+        user.upstream_user,
+        state,
+        user.addresses.join(",")
+    )
+}
+
+fn audit_line(record: &AuditRecord) -> String {
+    let mut line = format!(
+        "{}  {}  {}",
+        timestamp(record.at),
+        record.kind,
+        record.login
+    );
+    for (key, value) in [
+        (
+            "app_password",
+            record.app_password_id.map(|id| id.to_string()),
+        ),
+        ("protocol", record.protocol.clone()),
+        ("ip", record.client_ip.clone()),
+        ("result", record.result.clone()),
+        ("client", record.client_id.clone()),
+    ] {
+        if let Some(value) = value {
+            line.push_str(&format!("  {key}={value}"));
+        }
+    }
+    line
+}

@@ -1,1 +1,287 @@
-//! TODO
+//! Prometheus metrics (one registry, typed handles) and the HTTP endpoint that serves
+//! `/metrics`, `/healthz` and `/readyz`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+
+use crate::store::Store;
+
+/// Every metric postern exports; names and labels are part of the interface contract.
+pub struct Metrics {
+    registry: Registry,
+    /// Accepted connections, by listener name and protocol.
+    pub connections: IntCounterVec,
+    /// Sessions currently open, by protocol.
+    pub sessions_active: IntGaugeVec,
+    /// Login attempts by protocol, mechanism and result.
+    pub auth_attempts: IntCounterVec,
+    pub auth_cache_hits: IntCounter,
+    pub auth_cache_misses: IntCounter,
+    /// Time spent in one argon2id verification.
+    pub password_hash_seconds: Histogram,
+    /// From the first byte of the login command to the reply.
+    pub auth_seconds: HistogramVec,
+    /// TCP connect plus TLS to the upstream.
+    pub upstream_connect_seconds: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    /// Bytes relayed after login, by direction.
+    pub relay_bytes: IntCounterVec,
+    pub smtp_messages: IntCounterVec,
+    /// Sessions closed because their app password was revoked, expired or its user disabled.
+    pub revoked_sessions_closed: IntCounter,
+    pub build_info: IntGaugeVec,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("metric name and labels are valid constants"); // Unwrap: constant, tested
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("each metric is registered once"); // Unwrap: constant, tested
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric name"); // Unwrap: constant
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("each metric is registered once"); // Unwrap: constant, tested
+    metric
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let metric = HistogramVec::new(opts, labels).expect("valid histogram"); // Unwrap: constant
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("each metric is registered once"); // Unwrap: constant, tested
+    metric
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    /// A fresh registry with every metric at zero.
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let r = &registry;
+        let sessions_active = IntGaugeVec::new(
+            Opts::new("postern_sessions_active", "Sessions currently open."),
+            &["protocol"],
+        )
+        .expect("valid gauge"); // Unwrap: constant
+        registry
+            .register(Box::new(sessions_active.clone()))
+            .expect("registered once"); // Unwrap: constant
+        let build_info = IntGaugeVec::new(
+            Opts::new("postern_build_info", "The running postern version."),
+            &["version"],
+        )
+        .expect("valid gauge"); // Unwrap: constant
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("registered once"); // Unwrap: constant
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let password_hash_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "postern_password_hash_seconds",
+                "Time spent in one argon2id hash or verification.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid histogram"); // Unwrap: constant
+        registry
+            .register(Box::new(password_hash_seconds.clone()))
+            .expect("registered once"); // Unwrap: constant
+
+        let metrics = Metrics {
+            connections: counter_vec(
+                r,
+                "postern_connections_total",
+                "Client connections accepted.",
+                &["listener", "protocol"],
+            ),
+            sessions_active,
+            auth_attempts: counter_vec(
+                r,
+                "postern_auth_attempts_total",
+                "Login attempts by result.",
+                &["protocol", "mechanism", "result"],
+            ),
+            auth_cache_hits: counter(
+                r,
+                "postern_auth_cache_hits_total",
+                "Logins answered from the verified-credential cache.",
+            ),
+            auth_cache_misses: counter(
+                r,
+                "postern_auth_cache_misses_total",
+                "Logins that needed the store and a password hash.",
+            ),
+            password_hash_seconds,
+            auth_seconds: histogram_vec(
+                r,
+                "postern_auth_seconds",
+                "From the first byte of the login command to the reply.",
+                &["protocol"],
+                LATENCY_BUCKETS,
+            ),
+            upstream_connect_seconds: histogram_vec(
+                r,
+                "postern_upstream_connect_seconds",
+                "TCP connect and TLS handshake to the upstream.",
+                &["protocol"],
+                LATENCY_BUCKETS,
+            ),
+            upstream_errors: counter_vec(
+                r,
+                "postern_upstream_errors_total",
+                "Failed upstream connections and logins.",
+                &["protocol", "reason"],
+            ),
+            relay_bytes: counter_vec(
+                r,
+                "postern_relay_bytes_total",
+                "Bytes relayed after login.",
+                &["protocol", "direction"],
+            ),
+            smtp_messages: counter_vec(
+                r,
+                "postern_smtp_messages_total",
+                "SMTP messages by result.",
+                &["result"],
+            ),
+            revoked_sessions_closed: counter(
+                r,
+                "postern_revoked_sessions_closed_total",
+                "Live sessions closed because their credential stopped being valid.",
+            ),
+            build_info,
+            registry,
+        };
+        Arc::new(metrics)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Unwrap: the text encoder only fails on a writer error, and a Vec does not fail.
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to memory");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// What the HTTP endpoint needs to answer.
+#[derive(Clone)]
+pub struct Health {
+    pub metrics: Arc<Metrics>,
+    pub store: Store,
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` completes.
+pub async fn serve_http(
+    listener: TcpListener,
+    health: Health,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(health);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn metrics(State(health): State<Health>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        health.metrics.render(),
+    )
+}
+
+async fn ready(State(health): State<Health>) -> impl IntoResponse {
+    match health.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_name_is_exported() {
+        let metrics = Metrics::new();
+        metrics
+            .auth_attempts
+            .with_label_values(&["imap", "login", "ok"])
+            .inc();
+        metrics
+            .connections
+            .with_label_values(&["imaps", "imap"])
+            .inc();
+        metrics.sessions_active.with_label_values(&["imap"]).set(0);
+        metrics
+            .auth_seconds
+            .with_label_values(&["imap"])
+            .observe(0.01);
+        metrics
+            .upstream_connect_seconds
+            .with_label_values(&["imap"])
+            .observe(0.01);
+        metrics
+            .upstream_errors
+            .with_label_values(&["imap", "connect"])
+            .inc();
+        metrics
+            .relay_bytes
+            .with_label_values(&["imap", "to_client"])
+            .inc();
+        metrics.smtp_messages.with_label_values(&["accepted"]).inc();
+        metrics.password_hash_seconds.observe(0.02);
+        let text = metrics.render();
+        for name in [
+            "postern_connections_total",
+            "postern_sessions_active",
+            "postern_auth_attempts_total",
+            "postern_auth_cache_hits_total",
+            "postern_auth_cache_misses_total",
+            "postern_password_hash_seconds",
+            "postern_auth_seconds",
+            "postern_upstream_connect_seconds",
+            "postern_upstream_errors_total",
+            "postern_relay_bytes_total",
+            "postern_smtp_messages_total",
+            "postern_revoked_sessions_closed_total",
+            "postern_build_info",
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+    }
+}

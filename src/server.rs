@@ -1,1 +1,195 @@
-//! TODO
+//! The running gateway: builds the shared services once ([`Gateway`]), starts an accept
+//! loop per already-bound listener, the HTTP endpoint and the change follower, and drains
+//! on shutdown. Binding is the caller's job, so tests bind port 0.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::hasher::{HashError, PasswordHasher};
+use crate::auth::verifier::{AuthError, VerifierOptions};
+use crate::auth::{changes, Verifier};
+use crate::config::{Config, Limits, ListenerConfig};
+use crate::listener;
+use crate::metrics::{self, Health, Metrics};
+use crate::sessions::LiveSessions;
+use crate::store::Store;
+use crate::tls::{self, TlsError};
+use crate::upstream::Upstream;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("[upstream.{protocol}]: {source}")]
+    UpstreamTls {
+        protocol: &'static str,
+        source: TlsError,
+    },
+    #[error("password hashing: {0}")]
+    Hash(#[from] HashError),
+    #[error("verifier: {0}")]
+    Auth(#[from] AuthError),
+    #[error("cannot bind {address} for {what}: {source}")]
+    Bind {
+        what: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Everything a session needs, built once and shared.
+pub struct Gateway {
+    pub limits: Limits,
+    pub server_tls: Arc<rustls::ServerConfig>,
+    pub verifier: Verifier,
+    pub sessions: Arc<LiveSessions>,
+    pub metrics: Arc<Metrics>,
+    pub store: Store,
+    pub imap_upstream: Option<Upstream>,
+    /// Cancelled when the gateway shuts down.
+    pub shutdown: CancellationToken,
+    change_poll_interval: std::time::Duration,
+}
+
+impl Gateway {
+    /// Builds TLS configurations, the hasher and the verifier. Generates the development
+    /// certificate when none exists.
+    pub async fn new(config: &Config, store: Store) -> Result<Arc<Gateway>, ServeError> {
+        if tls::ensure_development_certificate(&config.tls)? {
+            tracing::warn!(
+                cert = %config.tls.cert.display(),
+                key = %config.tls.key.display(),
+                "NO CERTIFICATE FOUND: generated a self-signed development certificate. \
+                 Mail clients will warn about it; configure a real certificate for production."
+            );
+        }
+        let server_tls = tls::server_config(&config.tls)?;
+        let metrics = Metrics::new();
+        let hasher = password_hasher(config)?.with_histogram(metrics.password_hash_seconds.clone());
+        let verifier = Verifier::new(
+            store.clone(),
+            hasher,
+            metrics.clone(),
+            VerifierOptions {
+                cache_ttl: config.auth.cache_ttl,
+                cache_capacity: config.auth.cache_capacity,
+            },
+        )
+        .await?;
+        let imap_upstream = config
+            .upstream
+            .imap
+            .as_ref()
+            .map(Upstream::new)
+            .transpose()
+            .map_err(|source| ServeError::UpstreamTls {
+                protocol: "imap",
+                source,
+            })?;
+        Ok(Arc::new(Gateway {
+            limits: config.limits.clone(),
+            server_tls,
+            verifier,
+            sessions: LiveSessions::new(),
+            metrics,
+            store,
+            imap_upstream,
+            shutdown: CancellationToken::new(),
+            change_poll_interval: config.auth.change_poll_interval,
+        }))
+    }
+}
+
+/// The argon2id pool configured in `[auth]`.
+pub fn password_hasher(config: &Config) -> Result<PasswordHasher, HashError> {
+    PasswordHasher::new(
+        config.auth.argon2_memory_kib,
+        config.auth.argon2_iterations,
+        config.auth.argon2_parallelism,
+        config.auth.hash_workers,
+        config.auth.hash_queue_timeout,
+    )
+}
+
+/// Binds every configured listener and the HTTP endpoint.
+pub async fn bind(
+    config: &Config,
+) -> Result<(Vec<(ListenerConfig, TcpListener)>, TcpListener), ServeError> {
+    let mut bound = Vec::new();
+    for listener in &config.listeners {
+        let socket = TcpListener::bind(listener.bind)
+            .await
+            .map_err(|source| ServeError::Bind {
+                what: format!("listener {:?}", listener.name),
+                address: listener.bind,
+                source,
+            })?;
+        bound.push((listener.clone(), socket));
+    }
+    let http = TcpListener::bind(config.http.bind)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "[http]".into(),
+            address: config.http.bind,
+            source,
+        })?;
+    Ok((bound, http))
+}
+
+/// Serves until `shutdown` completes, then stops accepting, closes sessions and returns
+/// once every session task has ended.
+pub async fn run(
+    gateway: Arc<Gateway>,
+    listeners: Vec<(ListenerConfig, TcpListener)>,
+    http: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let tasks = TaskTracker::new();
+    for (config, socket) in listeners {
+        if let Ok(address) = socket.local_addr() {
+            tracing::info!(listener = %config.name, protocol = config.protocol.as_str(), %address, "listening");
+        }
+        tasks.spawn(listener::accept_loop(
+            socket,
+            Arc::new(config),
+            gateway.clone(),
+            tasks.clone(),
+        ));
+    }
+    if let Some(http) = http {
+        let health = Health {
+            metrics: gateway.metrics.clone(),
+            store: gateway.store.clone(),
+        };
+        let stop = gateway.shutdown.clone().cancelled_owned();
+        if let Ok(address) = http.local_addr() {
+            tracing::info!(%address, "metrics and health on http");
+        }
+        tasks.spawn(async move {
+            if let Err(error) = metrics::serve_http(http, health, stop).await {
+                tracing::error!(%error, "http endpoint failed");
+            }
+        });
+    }
+    tasks.spawn(changes::follow(
+        gateway.store.clone(),
+        gateway.verifier.clone(),
+        gateway.sessions.clone(),
+        gateway.metrics.clone(),
+        gateway.change_poll_interval,
+        gateway.shutdown.clone().cancelled_owned(),
+    ));
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    gateway.shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    tracing::info!("stopped");
+}

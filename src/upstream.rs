@@ -1,1 +1,169 @@
-//! TODO
+//! The road to the real mail server: TCP connect and TLS under named timeouts, and the
+//! master credentials postern logs in with. The protocol-specific login lives with each
+//! protocol (`imap::upstream`).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::auth::Secret;
+use crate::config::{UpstreamAuth, UpstreamConfig, UpstreamTls};
+use crate::stream::Stream;
+use crate::tls::{self, TlsError};
+
+/// Why the upstream could not be used. Each variant names the phase, so a log line says
+/// where it broke; `reason()` is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {phase} timed out after {after:?}")]
+    Timeout {
+        phase: &'static str,
+        after: Duration,
+    },
+    #[error("cannot connect to upstream {address}: {source}")]
+    Connect {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("upstream TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("upstream I/O error during {phase}: {source}")]
+    Io {
+        phase: &'static str,
+        source: std::io::Error,
+    },
+    #[error("upstream closed the connection during {0}")]
+    Closed(&'static str),
+    #[error("upstream answered {phase} with something postern cannot parse")]
+    Protocol { phase: &'static str },
+    #[error("upstream does not offer {0}")]
+    Unsupported(&'static str),
+    #[error("upstream refused the login for the user")]
+    Refused,
+    #[error("cannot read the master password file {path}: {source}")]
+    MasterPassword {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl UpstreamError {
+    /// The `reason` label of `postern_upstream_errors_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::Tls(_) => "tls",
+            UpstreamError::Io { .. } | UpstreamError::Closed(_) => "io",
+            UpstreamError::Protocol { .. } | UpstreamError::Unsupported(_) => "protocol",
+            UpstreamError::Refused => "refused",
+            UpstreamError::MasterPassword { .. } => "master_password",
+        }
+    }
+}
+
+/// One configured upstream, ready to connect to.
+#[derive(Clone)]
+pub struct Upstream {
+    pub address: String,
+    pub tls: UpstreamTls,
+    pub auth: UpstreamAuth,
+    pub master_user: String,
+    pub master_login_format: String,
+    master_password_file: PathBuf,
+    server_name: ServerName<'static>,
+    connector: TlsConnector,
+    pub connect_timeout: Duration,
+    pub reply_timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds the TLS client configuration once.
+    pub fn new(config: &UpstreamConfig) -> Result<Self, TlsError> {
+        let server_name = ServerName::try_from(config.server_name().to_string())
+            .unwrap_or_else(|_| ServerName::try_from("invalid.invalid").expect("valid constant")); // Unwrap: validate() rejects invalid names first
+        let client = tls::client_config(config.ca_file.as_deref())?;
+        Ok(Self {
+            address: config.address.clone(),
+            tls: config.tls,
+            auth: config.auth,
+            master_user: config.master_user.clone(),
+            master_login_format: config.master_login_format.clone(),
+            master_password_file: config.master_password_file.clone(),
+            server_name,
+            connector: TlsConnector::from(client as Arc<_>),
+            connect_timeout: config.connect_timeout,
+            reply_timeout: config.reply_timeout,
+        })
+    }
+
+    /// The master password, read now so that rotating the file needs no restart. The
+    /// first line counts; its trailing newline does not.
+    pub fn master_password(&self) -> Result<Secret<String>, UpstreamError> {
+        let text = std::fs::read_to_string(&self.master_password_file).map_err(|source| {
+            UpstreamError::MasterPassword {
+                path: self.master_password_file.clone(),
+                source,
+            }
+        })?;
+        let line = text.lines().next().unwrap_or("").to_string();
+        Ok(Secret::new(line))
+    }
+
+    /// The user name for `master-login`: the format with `{user}` and `{master}` filled in.
+    pub fn master_login_name(&self, user: &str) -> String {
+        self.master_login_format
+            .replace("{user}", user)
+            .replace("{master}", &self.master_user)
+    }
+
+    /// TCP connect, then TLS when the upstream is implicit TLS. Returns the stream and how
+    /// long it took.
+    pub async fn connect(&self) -> Result<(Stream, Duration), UpstreamError> {
+        let started = Instant::now();
+        let tcp = within("connect", self.connect_timeout, async {
+            TcpStream::connect(&self.address)
+                .await
+                .map_err(|source| UpstreamError::Connect {
+                    address: self.address.clone(),
+                    source,
+                })
+        })
+        .await?;
+        // Logins and small commands must not wait on Nagle.
+        let _ = tcp.set_nodelay(true);
+        let stream = match self.tls {
+            UpstreamTls::Implicit => self.start_tls(tcp).await?,
+            UpstreamTls::Starttls | UpstreamTls::None => Stream::Plain(tcp),
+        };
+        Ok((stream, started.elapsed()))
+    }
+
+    /// The TLS handshake on an established TCP connection (implicit TLS or after STARTTLS).
+    pub async fn start_tls(&self, tcp: TcpStream) -> Result<Stream, UpstreamError> {
+        let tls = within("TLS handshake", self.reply_timeout, async {
+            self.connector
+                .connect(self.server_name.clone(), tcp)
+                .await
+                .map_err(UpstreamError::Tls)
+        })
+        .await?;
+        Ok(Stream::Tls(Box::new(tls.into())))
+    }
+}
+
+/// Runs `future` under a deadline whose expiry names the phase.
+pub async fn within<T>(
+    phase: &'static str,
+    after: Duration,
+    future: impl Future<Output = Result<T, UpstreamError>>,
+) -> Result<T, UpstreamError> {
+    tokio::time::timeout(after, future)
+        .await
+        .map_err(|_| UpstreamError::Timeout { phase, after })?
+}

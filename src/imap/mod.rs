@@ -1,3 +1,5 @@
-//! IMAP: the pre-auth state machine and the session that drives it.
+//! IMAP: the pre-auth state machine, the session that drives it, and the upstream login.
 
 pub mod preauth;
+pub mod session;
+pub mod upstream;

@@ -1,0 +1,293 @@
+//! The verifier: one login attempt in, one verdict out. Cache first (verified results,
+//! keyed by a keyed digest), then one store query by lookup tag, then exactly one argon2id
+//! verification, also for unknown users and malformed passwords, so every refusal takes
+//! the same time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use moka::future::Cache;
+
+use super::digest::DigestKey;
+use super::hasher::{HashError, PasswordHasher};
+use super::password;
+use super::Secret;
+use crate::config::Protocol;
+use crate::metrics::Metrics;
+use crate::store::{AuditEvent, Credential, Scope, Store, StoreError};
+
+/// A login that may proceed: who the user is upstream and what the app password allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub user_id: i64,
+    pub login: String,
+    pub upstream_user: String,
+    /// The user's sender addresses (SMTP).
+    pub addresses: Vec<String>,
+    pub app_password_id: i64,
+    pub scopes: Vec<Scope>,
+    /// Unix seconds; the session closes then.
+    pub expires_at: Option<i64>,
+}
+
+/// Why a login was refused. The client sees the same reply for all of them; logs, audit
+/// and metrics see the difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    BadPassword,
+    UnknownUser,
+    Disabled,
+    Revoked,
+    Expired,
+    ScopeDenied,
+}
+
+impl Refusal {
+    /// The `result` label and audit result.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::BadPassword => "bad_password",
+            Refusal::UnknownUser => "unknown_user",
+            Refusal::Disabled => "disabled",
+            Refusal::Revoked => "revoked",
+            Refusal::Expired => "expired",
+            Refusal::ScopeDenied => "scope_denied",
+        }
+    }
+}
+
+/// The answer to a login attempt.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    Granted(Arc<Grant>),
+    Refused(Refusal),
+}
+
+/// Why no verdict could be reached; the client gets a temporary failure.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("store lookup failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("password hash: {0}")]
+    Hash(#[from] HashError),
+}
+
+/// One login attempt as the client made it.
+#[derive(Debug)]
+pub struct LoginAttempt<'a> {
+    pub protocol: Protocol,
+    /// `login` or `plain`.
+    pub mechanism: &'static str,
+    pub login: &'a str,
+    pub password: &'a Secret<String>,
+    pub client: SocketAddr,
+    /// The client's self-description (IMAP ID), for the audit trail.
+    pub client_id: Option<&'a str>,
+}
+
+/// Settings of the verifier.
+#[derive(Debug, Clone)]
+pub struct VerifierOptions {
+    pub cache_ttl: Duration,
+    pub cache_capacity: u64,
+}
+
+/// Checks app passwords.
+#[derive(Clone)]
+pub struct Verifier {
+    store: Store,
+    hasher: PasswordHasher,
+    lookup_key: DigestKey,
+    cache_key: DigestKey,
+    cache: Cache<[u8; 32], Arc<Grant>>,
+    /// A hash of a random password, verified when there is no real candidate.
+    decoy_hash: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Verifier {
+    /// Reads the lookup key from the store and prepares the decoy hash (one hash now).
+    pub async fn new(
+        store: Store,
+        hasher: PasswordHasher,
+        metrics: Arc<Metrics>,
+        options: VerifierOptions,
+    ) -> Result<Self, AuthError> {
+        let lookup_key = DigestKey::new(store.lookup_key().await?);
+        let decoy = password::normalize(password::generate().expose()).unwrap_or_default();
+        let decoy_hash = hasher.hash(decoy).await?;
+        let cache = Cache::builder()
+            .max_capacity(options.cache_capacity)
+            .time_to_live(options.cache_ttl)
+            .build();
+        Ok(Self {
+            store,
+            hasher,
+            lookup_key,
+            cache_key: DigestKey::random(),
+            cache,
+            decoy_hash,
+            metrics,
+        })
+    }
+
+    /// The hasher, shared with the CLI's password creation.
+    pub fn hasher(&self) -> &PasswordHasher {
+        &self.hasher
+    }
+
+    /// The key of the store lookup tags.
+    pub fn lookup_key(&self) -> &DigestKey {
+        &self.lookup_key
+    }
+
+    /// Forgets every cached verification (after a revocation anywhere).
+    pub fn forget_all(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Decides one login attempt. The caller reports the final outcome, which may be an
+    /// upstream failure, with [`Verifier::record`].
+    pub async fn verify(&self, attempt: &LoginAttempt<'_>) -> Result<Verdict, AuthError> {
+        self.decide(attempt).await
+    }
+
+    async fn decide(&self, attempt: &LoginAttempt<'_>) -> Result<Verdict, AuthError> {
+        let login = password::normalize_login(attempt.login);
+        let cache_key = self.cache_key.cache_key(&login, attempt.password);
+        if let Some(grant) = self.cache.get(&cache_key).await {
+            if grant.expires_at.is_none_or(|at| at > now()) {
+                self.metrics.auth_cache_hits.inc();
+                return Ok(in_scope(grant, attempt.protocol));
+            }
+            self.cache.invalidate(&cache_key).await;
+        }
+        self.metrics.auth_cache_misses.inc();
+
+        let Some(canonical) = password::normalize(attempt.password.expose()) else {
+            self.spend_decoy().await?;
+            return self.unknown_or_bad(&login).await;
+        };
+        let tag = self.lookup_key.tag(&login, &canonical);
+        let credential = self.store.credential(&login, &tag).await?;
+        let Some(Credential {
+            user,
+            app_password: Some(app_password),
+            hash: Some(hash),
+        }) = credential
+        else {
+            self.spend_decoy().await?;
+            let refusal = if credential.is_none() {
+                Refusal::UnknownUser
+            } else {
+                Refusal::BadPassword
+            };
+            return Ok(Verdict::Refused(refusal));
+        };
+        if !self.hasher.verify(canonical, hash).await? {
+            return Ok(Verdict::Refused(Refusal::BadPassword));
+        }
+        // The password is right; now whether it may still be used.
+        if app_password.revoked_at.is_some() {
+            return Ok(Verdict::Refused(Refusal::Revoked));
+        }
+        if !app_password.is_live(now()) {
+            return Ok(Verdict::Refused(Refusal::Expired));
+        }
+        if user.disabled_at.is_some() {
+            return Ok(Verdict::Refused(Refusal::Disabled));
+        }
+        let grant = Arc::new(Grant {
+            user_id: user.id,
+            login: user.login,
+            upstream_user: user.upstream_user,
+            addresses: user.addresses,
+            app_password_id: app_password.id,
+            scopes: app_password.scopes,
+            expires_at: app_password.expires_at,
+        });
+        self.cache.insert(cache_key, grant.clone()).await;
+        Ok(in_scope(grant, attempt.protocol))
+    }
+
+    /// For a malformed password, whether the user exists decides the label only; the
+    /// time spent is the same either way.
+    async fn unknown_or_bad(&self, login: &str) -> Result<Verdict, AuthError> {
+        let refusal = match self.store.user(login).await? {
+            Some(_) => Refusal::BadPassword,
+            None => Refusal::UnknownUser,
+        };
+        Ok(Verdict::Refused(refusal))
+    }
+
+    /// One verification that cannot succeed, so that a refusal costs what a real check
+    /// costs.
+    async fn spend_decoy(&self) -> Result<(), AuthError> {
+        let wrong = Secret::new("decoy-never-matches".to_string());
+        self.hasher.verify(wrong, self.decoy_hash.clone()).await?;
+        Ok(())
+    }
+
+    /// Counts the attempt's final outcome, writes its audit event and, for a success,
+    /// stamps the app password's last use. The store writes happen in the background:
+    /// the client's reply does not wait on them.
+    pub fn record(
+        &self,
+        attempt: &LoginAttempt<'_>,
+        result: &'static str,
+        app_password_id: Option<i64>,
+    ) {
+        self.metrics
+            .auth_attempts
+            .with_label_values(&[attempt.protocol.as_str(), attempt.mechanism, result])
+            .inc();
+        let succeeded = result == "ok";
+        let store = self.store.clone();
+        let login = password::normalize_login(attempt.login);
+        let protocol = attempt.protocol.as_str();
+        let client_ip = attempt.client.ip().to_string();
+        let client_id = attempt.client_id.map(str::to_owned);
+        tokio::spawn(async move {
+            let at = now();
+            let event = AuditEvent {
+                at,
+                kind: "login",
+                login: &login,
+                app_password_id,
+                protocol: Some(protocol),
+                client_ip: Some(&client_ip),
+                client_id: client_id.as_deref(),
+                result: Some(result),
+                detail: None,
+            };
+            if let Err(error) = store.record_audit(&event).await {
+                tracing::warn!(%error, "could not write the audit event of a login");
+            }
+            if let Some(id) = app_password_id.filter(|_| succeeded) {
+                if let Err(error) = store.record_use(id, at, Some(&client_ip)).await {
+                    tracing::warn!(%error, app_password_id = id, "could not record app password use");
+                }
+            }
+        });
+    }
+}
+
+fn in_scope(grant: Arc<Grant>, protocol: Protocol) -> Verdict {
+    let wanted = match protocol {
+        Protocol::Imap => Scope::Imap,
+        Protocol::Smtp => Scope::Smtp,
+    };
+    if grant.scopes.contains(&wanted) {
+        Verdict::Granted(grant)
+    } else {
+        Verdict::Refused(Refusal::ScopeDenied)
+    }
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

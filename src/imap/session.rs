@@ -1,0 +1,409 @@
+//! One IMAP client connection, from accept to close: TLS, the pre-auth state machine
+//! driven over the socket, verification, the upstream login, then the byte relay. This is
+//! the only place in the IMAP flow that touches the client's socket.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use super::preauth::{Action, PreAuth, PreAuthOptions};
+use super::upstream::{self as imap_upstream, LoggedIn, LoginRequest};
+use crate::auth::{Grant, LoginAttempt, Verdict};
+use crate::config::{ListenerConfig, ListenerTls, Protocol};
+use crate::relay::{self, RelayCounters, RelayEnd};
+use crate::server::Gateway;
+use crate::stream::Stream;
+use crate::upstream::UpstreamError;
+
+/// Invalid commands tolerated before login.
+const MAX_BAD_COMMANDS: u32 = 10;
+
+/// How a connection ended, for the one log line each connection gets.
+#[derive(Debug)]
+enum Outcome {
+    /// The client logged out or went away before logging in.
+    ClientLeft,
+    /// Closed by postern before login: limits, timeouts, protocol errors.
+    Dropped(&'static str),
+    /// Logged in and relayed until `end`.
+    Relayed {
+        login: String,
+        app_password_id: i64,
+        end: RelayEnd,
+    },
+    /// The client's socket failed.
+    ClientError(std::io::Error),
+}
+
+/// Serves one client connection to completion; never returns an error, logs the outcome.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: Arc<ListenerConfig>,
+    tcp: TcpStream,
+    client: SocketAddr,
+) {
+    let started = Instant::now();
+    // Replies are small and answer a waiting client: send them now, not after an ACK.
+    let _ = tcp.set_nodelay(true);
+    let span = tracing::info_span!("imap", listener = %listener.name, client = %client);
+    let outcome = run(&gateway, &listener, tcp, client)
+        .instrument(span.clone())
+        .await;
+    let _enter = span.enter();
+    let duration_ms = started.elapsed().as_millis() as u64;
+    match outcome {
+        Outcome::ClientLeft => tracing::info!(duration_ms, "connection closed before login"),
+        Outcome::Dropped(why) => {
+            tracing::info!(duration_ms, reason = why, "connection dropped before login")
+        }
+        Outcome::ClientError(error) => {
+            tracing::debug!(duration_ms, %error, "client connection failed")
+        }
+        Outcome::Relayed {
+            login,
+            app_password_id,
+            end,
+        } => tracing::info!(
+            duration_ms,
+            login = ?login,
+            app_password_id,
+            end = ?end,
+            "session ended"
+        ),
+    }
+}
+
+async fn run(
+    gateway: &Gateway,
+    listener: &ListenerConfig,
+    tcp: TcpStream,
+    client: SocketAddr,
+) -> Outcome {
+    let limits = &gateway.limits;
+    let deadline = Instant::now() + limits.login_deadline;
+    let mut stream = match listener.tls {
+        ListenerTls::Implicit => match handshake(gateway, tcp).await {
+            Ok(stream) => stream,
+            Err(why) => return Outcome::Dropped(why),
+        },
+        ListenerTls::Starttls => Stream::Plain(tcp),
+    };
+    let mut machine = PreAuth::new(PreAuthOptions {
+        tls_active: stream.is_tls(),
+        starttls_available: listener.tls == ListenerTls::Starttls,
+        max_line: limits.max_line,
+        max_failures: limits.max_failed_logins,
+        max_bad_commands: MAX_BAD_COMMANDS,
+    });
+    let mut output = machine.greeting();
+    let mut buffer = vec![0u8; 4096];
+
+    loop {
+        while let Some(action) = machine.next_action() {
+            match action {
+                Action::Send(bytes) => output.extend_from_slice(&bytes),
+                Action::Close => {
+                    let _ = flush(&mut stream, &mut output).await;
+                    let _ = stream.shutdown().await;
+                    return Outcome::ClientLeft;
+                }
+                Action::StartTls => {
+                    if let Err(error) = flush(&mut stream, &mut output).await {
+                        return Outcome::ClientError(error);
+                    }
+                    let Ok(tcp) = stream.into_plain() else {
+                        return Outcome::Dropped("STARTTLS inside TLS");
+                    };
+                    stream = match handshake(gateway, tcp).await {
+                        Ok(stream) => stream,
+                        Err(why) => return Outcome::Dropped(why),
+                    };
+                    machine.tls_established();
+                }
+                Action::Login {
+                    tag,
+                    mechanism,
+                    login,
+                    password,
+                } => {
+                    if let Err(error) = flush(&mut stream, &mut output).await {
+                        return Outcome::ClientError(error);
+                    }
+                    let client_id = describe_client(machine.client_id());
+                    let attempt = LoginAttempt {
+                        protocol: Protocol::Imap,
+                        mechanism: mechanism.as_str(),
+                        login: &login,
+                        password: &password,
+                        client,
+                        client_id: client_id.as_deref(),
+                    };
+                    let login_started = Instant::now();
+                    let verdict = gateway.verifier.verify(&attempt).await;
+                    let grant = match verdict {
+                        Ok(Verdict::Granted(grant)) => grant,
+                        Ok(Verdict::Refused(refusal)) => {
+                            gateway.verifier.record(&attempt, refusal.as_str(), None);
+                            log_login(
+                                &login,
+                                mechanism.as_str(),
+                                refusal.as_str(),
+                                None,
+                                login_started,
+                            );
+                            machine.login_refused();
+                            observe_auth(gateway, login_started);
+                            continue;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "login could not be verified");
+                            gateway.verifier.record(&attempt, "temporary_failure", None);
+                            machine.login_unavailable();
+                            observe_auth(gateway, login_started);
+                            continue;
+                        }
+                    };
+                    let request = LoginRequest {
+                        upstream_user: &grant.upstream_user,
+                        client,
+                        client_id: machine.client_id().unwrap_or(&[]),
+                    };
+                    match upstream_login(gateway, &request).await {
+                        Ok(logged_in) => {
+                            gateway
+                                .verifier
+                                .record(&attempt, "ok", Some(grant.app_password_id));
+                            log_login(
+                                &login,
+                                mechanism.as_str(),
+                                "ok",
+                                Some(grant.app_password_id),
+                                login_started,
+                            );
+                            let (tag_, pipelined) = machine.into_authenticated();
+                            debug_assert_eq!(tag_, tag);
+                            let reply = format!("{tag} OK {}\r\n", logged_in.ok_text);
+                            output.extend_from_slice(reply.as_bytes());
+                            output.extend_from_slice(&logged_in.pending);
+                            observe_auth(gateway, login_started);
+                            return relay_session(
+                                gateway, stream, output, pipelined, logged_in, &grant,
+                            )
+                            .await;
+                        }
+                        Err(error) => {
+                            let result = match error {
+                                UpstreamError::Refused => "upstream_refused",
+                                _ => "upstream_unavailable",
+                            };
+                            tracing::error!(%error, login = ?login, "upstream login failed");
+                            gateway
+                                .verifier
+                                .record(&attempt, result, Some(grant.app_password_id));
+                            log_login(
+                                &login,
+                                mechanism.as_str(),
+                                result,
+                                Some(grant.app_password_id),
+                                login_started,
+                            );
+                            machine.login_unavailable();
+                            observe_auth(gateway, login_started);
+                        }
+                    }
+                }
+            }
+        }
+
+        if let Err(error) = flush(&mut stream, &mut output).await {
+            return Outcome::ClientError(error);
+        }
+        let wait = limits
+            .preauth_idle_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let read = tokio::select! {
+            () = gateway.shutdown.cancelled() => {
+                let _ = stream.write_all(b"* BYE Server shutting down\r\n").await;
+                return Outcome::Dropped("shutdown");
+            }
+            read = tokio::time::timeout(wait, stream.read(&mut buffer)) => read,
+        };
+        match read {
+            Err(_) => {
+                let _ = stream
+                    .write_all(b"* BYE Autologout; idle for too long\r\n")
+                    .await;
+                let _ = stream.shutdown().await;
+                return Outcome::Dropped("pre-auth timeout");
+            }
+            Ok(Ok(0)) => return Outcome::ClientLeft,
+            Ok(Ok(n)) => machine.feed(&buffer[..n]),
+            Ok(Err(error)) => return Outcome::ClientError(error),
+        }
+    }
+}
+
+/// The TLS handshake with the client, under the configured timeout.
+async fn handshake(gateway: &Gateway, tcp: TcpStream) -> Result<Stream, &'static str> {
+    let acceptor = TlsAcceptor::from(gateway.server_tls.clone());
+    match tokio::time::timeout(gateway.limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls.into()))),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "TLS handshake failed");
+            Err("TLS handshake failed")
+        }
+        Err(_) => Err("TLS handshake timed out"),
+    }
+}
+
+async fn flush(stream: &mut Stream, output: &mut Vec<u8>) -> std::io::Result<()> {
+    if !output.is_empty() {
+        stream.write_all(output).await?;
+        output.clear();
+    }
+    stream.flush().await
+}
+
+async fn upstream_login(
+    gateway: &Gateway,
+    request: &LoginRequest<'_>,
+) -> Result<LoggedIn, UpstreamError> {
+    let Some(upstream) = &gateway.imap_upstream else {
+        return Err(UpstreamError::Unsupported(
+            "IMAP (no [upstream.imap] configured)",
+        ));
+    };
+    match imap_upstream::login(upstream, request).await {
+        Ok((logged_in, connect_time)) => {
+            gateway
+                .metrics
+                .upstream_connect_seconds
+                .with_label_values(&["imap"])
+                .observe(connect_time.as_secs_f64());
+            Ok(logged_in)
+        }
+        Err(error) => {
+            gateway
+                .metrics
+                .upstream_errors
+                .with_label_values(&["imap", error.reason()])
+                .inc();
+            Err(error)
+        }
+    }
+}
+
+/// Relays until the client or upstream leaves, the session idles out, its credential is
+/// revoked or expires, or the gateway shuts down.
+async fn relay_session(
+    gateway: &Gateway,
+    mut client: Stream,
+    mut to_client: Vec<u8>,
+    pipelined: Vec<u8>,
+    logged_in: LoggedIn,
+    grant: &Grant,
+) -> Outcome {
+    let outcome = |end| Outcome::Relayed {
+        login: grant.login.clone(),
+        app_password_id: grant.app_password_id,
+        end,
+    };
+    let mut upstream = logged_in.stream;
+    if let Err(error) = flush(&mut client, &mut to_client).await {
+        return Outcome::ClientError(error);
+    }
+    if !pipelined.is_empty() {
+        if let Err(error) = upstream.write_all(&pipelined).await {
+            return outcome(RelayEnd::Failed(error));
+        }
+    }
+    let live = gateway
+        .sessions
+        .register(grant.user_id, grant.app_password_id);
+    let active = gateway.metrics.sessions_active.with_label_values(&["imap"]);
+    active.inc();
+    let expiry = grant.expires_at.map(|at| {
+        let left = at.saturating_sub(crate::auth::verifier::now()).max(0) as u64;
+        Instant::now() + Duration::from_secs(left)
+    });
+    let stop = async {
+        tokio::select! {
+            () = live.revoked() => {
+                tracing::info!("credential revoked; closing session");
+            }
+            () = sleep_until_option(expiry) => {
+                gateway.metrics.revoked_sessions_closed.inc();
+                tracing::info!("app password expired; closing session");
+            }
+            () = gateway.shutdown.cancelled() => {}
+        }
+    };
+    let counters = RelayCounters {
+        to_upstream: gateway
+            .metrics
+            .relay_bytes
+            .with_label_values(&["imap", "to_upstream"]),
+        to_client: gateway
+            .metrics
+            .relay_bytes
+            .with_label_values(&["imap", "to_client"]),
+    };
+    let end = relay::relay(
+        client,
+        upstream,
+        gateway.limits.authenticated_idle_timeout,
+        counters,
+        stop,
+    )
+    .await;
+    active.dec();
+    outcome(end)
+}
+
+async fn sleep_until_option(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn observe_auth(gateway: &Gateway, started: Instant) {
+    gateway
+        .metrics
+        .auth_seconds
+        .with_label_values(&["imap"])
+        .observe(started.elapsed().as_secs_f64());
+}
+
+fn log_login(
+    login: &str,
+    mechanism: &str,
+    result: &str,
+    app_password_id: Option<i64>,
+    started: Instant,
+) {
+    tracing::info!(
+        login = ?login,
+        mechanism,
+        result,
+        app_password_id,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "login"
+    );
+}
+
+/// The client's ID fields as one line for the audit trail: `name=Mac OS X Mail; version=16.0`.
+fn describe_client(fields: Option<&[(String, Option<String>)]>) -> Option<String> {
+    let fields = fields?;
+    let text: Vec<String> = fields
+        .iter()
+        .filter_map(|(key, value)| value.as_ref().map(|v| format!("{key}={v}")))
+        .collect();
+    (!text.is_empty()).then(|| text.join("; ").chars().take(512).collect())
+}

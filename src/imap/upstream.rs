@@ -1,0 +1,467 @@
+//! Logging in to the upstream IMAP server on the user's behalf: greeting, STARTTLS, ID
+//! with the client's address, then AUTHENTICATE PLAIN with an authorization identity or
+//! a master-user LOGIN. What it returns is ready for the byte relay.
+
+use std::net::SocketAddr;
+
+use base64::Engine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::auth::Secret;
+use crate::config::{UpstreamAuth, UpstreamTls};
+use crate::stream::Stream;
+use crate::upstream::{within, Upstream, UpstreamError};
+
+/// Longest upstream response line (with literals) read during login.
+const MAX_RESPONSE: usize = 64 * 1024;
+
+/// Longest ID value passed upstream; ID values are informational.
+const MAX_ID_VALUE: usize = 256;
+
+/// What the upstream login needs to know about the client.
+#[derive(Debug, Clone)]
+pub struct LoginRequest<'a> {
+    /// The upstream account to act as.
+    pub upstream_user: &'a str,
+    /// The client's address, passed in ID as x-originating-ip/port.
+    pub client: SocketAddr,
+    /// The fields of the client's own ID command, if it sent one.
+    pub client_id: &'a [(String, Option<String>)],
+}
+
+/// A session logged in upstream, ready to relay.
+#[derive(Debug)]
+pub struct LoggedIn {
+    pub stream: Stream,
+    /// The tagged OK's text after the status, e.g. `[CAPABILITY IMAP4rev1 …] Logged in`,
+    /// always carrying the post-login capabilities.
+    pub ok_text: String,
+    /// Bytes the upstream sent after its tagged OK; they belong to the client.
+    pub pending: Vec<u8>,
+}
+
+/// Connects and logs in. `Err(UpstreamError::Refused)` means the upstream rejected the
+/// user (the master login or the authorization); every other error means unavailable.
+pub async fn login(
+    upstream: &Upstream,
+    request: &LoginRequest<'_>,
+) -> Result<(LoggedIn, std::time::Duration), UpstreamError> {
+    let (stream, connect_time) = upstream.connect().await?;
+    let mut conn = Conversation::new(stream, upstream.reply_timeout);
+
+    let greeting = conn.read_line("greeting").await?;
+    let mut capabilities = match parse_greeting(&greeting) {
+        Some(Greeting::Ok(capabilities)) => capabilities,
+        Some(Greeting::Bye) | None => return Err(UpstreamError::Protocol { phase: "greeting" }),
+    };
+
+    if upstream.tls == UpstreamTls::Starttls {
+        let reply = conn.command("p0", b"p0 STARTTLS\r\n", "STARTTLS").await?;
+        if reply.status != Status::Ok {
+            return Err(UpstreamError::Unsupported("STARTTLS"));
+        }
+        let tcp = conn
+            .stream
+            .into_plain()
+            .map_err(|_| UpstreamError::Protocol { phase: "STARTTLS" })?;
+        // Anything the upstream sent after its OK would be a plaintext injection: dropped.
+        let tls = upstream.start_tls(tcp).await?;
+        conn = Conversation::new(tls, upstream.reply_timeout);
+        capabilities = None;
+    }
+
+    if capabilities.is_none() {
+        let reply = conn
+            .command("p1", b"p1 CAPABILITY\r\n", "CAPABILITY")
+            .await?;
+        capabilities = reply.capabilities;
+    }
+    let capabilities = capabilities.unwrap_or_default();
+    let has = |name: &str| {
+        capabilities
+            .split_ascii_whitespace()
+            .any(|c| c.eq_ignore_ascii_case(name))
+    };
+
+    if has("ID") {
+        let command = id_command("p2", request);
+        conn.command("p2", command.as_bytes(), "ID").await?;
+    }
+
+    let password = upstream.master_password()?;
+    let reply = match upstream.auth {
+        UpstreamAuth::SaslPlainAuthzid => {
+            let response = plain_response(request.upstream_user, &upstream.master_user, &password);
+            if has("SASL-IR") {
+                let command =
+                    Secret::new(format!("p3 AUTHENTICATE PLAIN {}\r\n", response.expose()));
+                conn.command("p3", command.expose().as_bytes(), "login")
+                    .await?
+            } else {
+                conn.send(b"p3 AUTHENTICATE PLAIN\r\n", "login").await?;
+                conn.expect_continuation().await?;
+                let line = Secret::new(format!("{}\r\n", response.expose()));
+                conn.send(line.expose().as_bytes(), "login").await?;
+                conn.read_tagged("p3", "login").await?
+            }
+        }
+        UpstreamAuth::MasterLogin => {
+            let name = upstream.master_login_name(request.upstream_user);
+            let command = Secret::new(format!(
+                "p3 LOGIN {} {}\r\n",
+                quoted(&name),
+                quoted(password.expose())
+            ));
+            conn.command("p3", command.expose().as_bytes(), "login")
+                .await?
+        }
+    };
+    match reply.status {
+        Status::Ok => {}
+        Status::No => return Err(UpstreamError::Refused),
+        Status::Bad => return Err(UpstreamError::Protocol { phase: "login" }),
+    }
+
+    let ok_text = if reply.text.starts_with("[CAPABILITY ") {
+        reply.text
+    } else {
+        let caps = conn
+            .command("p4", b"p4 CAPABILITY\r\n", "CAPABILITY")
+            .await?
+            .capabilities
+            .ok_or(UpstreamError::Protocol {
+                phase: "CAPABILITY",
+            })?;
+        format!("[CAPABILITY {caps}] {}", reply.text)
+    };
+    let (stream, pending) = conn.into_parts();
+    Ok((
+        LoggedIn {
+            stream,
+            ok_text,
+            pending,
+        },
+        connect_time,
+    ))
+}
+
+/// `authzid NUL authcid NUL password`, base64: log in as the master, act as the user.
+fn plain_response(user: &str, master: &str, password: &Secret<String>) -> Secret<String> {
+    let mut message = Vec::with_capacity(user.len() + master.len() + password.expose().len() + 2);
+    message.extend_from_slice(user.as_bytes());
+    message.push(0);
+    message.extend_from_slice(master.as_bytes());
+    message.push(0);
+    message.extend_from_slice(password.expose().as_bytes());
+    Secret::new(base64::engine::general_purpose::STANDARD.encode(message))
+}
+
+/// The ID command that tells the upstream who the real client is. Dovecot honours the
+/// x-originating fields from hosts in its `login_trusted_networks`.
+fn id_command(tag: &str, request: &LoginRequest<'_>) -> String {
+    let mut fields = vec![
+        (
+            "x-originating-ip".to_string(),
+            request.client.ip().to_string(),
+        ),
+        (
+            "x-originating-port".to_string(),
+            request.client.port().to_string(),
+        ),
+    ];
+    for (key, value) in request.client_id.iter().take(30) {
+        if key.to_ascii_lowercase().starts_with("x-originating-")
+            || key.eq_ignore_ascii_case("x-connected-ip")
+            || key.eq_ignore_ascii_case("x-connected-port")
+        {
+            continue; // the client must not speak for postern
+        }
+        if let Some(value) = value {
+            fields.push((key.clone(), value.clone()));
+        }
+    }
+    let mut command = format!("{tag} ID (");
+    for (i, (key, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            command.push(' ');
+        }
+        command.push_str(&quoted(key));
+        command.push(' ');
+        command.push_str(&quoted(value));
+    }
+    command.push_str(")\r\n");
+    command
+}
+
+/// An IMAP quoted string; characters a quoted string cannot carry (CR, LF, NUL) are
+/// dropped and the length capped, which is right for informational values.
+fn quoted(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value
+        .chars()
+        .filter(|c| !matches!(c, '\r' | '\n' | '\0'))
+        .take(MAX_ID_VALUE)
+    {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Ok,
+    No,
+    Bad,
+}
+
+/// The end of one upstream command.
+#[derive(Debug)]
+struct Reply {
+    status: Status,
+    /// The text after the status word, with any response code.
+    text: String,
+    /// Capabilities from the tagged code or an untagged CAPABILITY response.
+    capabilities: Option<String>,
+}
+
+enum Greeting {
+    Ok(Option<String>),
+    Bye,
+}
+
+fn parse_greeting(line: &str) -> Option<Greeting> {
+    let rest = line.strip_prefix("* ")?;
+    let (status, text) = rest.split_once(' ').unwrap_or((rest, ""));
+    if status.eq_ignore_ascii_case("OK") {
+        Some(Greeting::Ok(capability_code(text)))
+    } else if status.eq_ignore_ascii_case("BYE") {
+        Some(Greeting::Bye)
+    } else {
+        None // PREAUTH would skip the login we must do; treat as unusable
+    }
+}
+
+/// The capabilities in a `[CAPABILITY …]` response code at the start of `text`.
+fn capability_code(text: &str) -> Option<String> {
+    let prefix = text.get(..12)?;
+    if !prefix.eq_ignore_ascii_case("[CAPABILITY ") {
+        return None;
+    }
+    let end = text.find(']')?;
+    Some(text[12..end].to_string())
+}
+
+/// A bounded line-oriented conversation with the upstream.
+struct Conversation {
+    stream: Stream,
+    buffer: Vec<u8>,
+    timeout: std::time::Duration,
+}
+
+impl Conversation {
+    fn new(stream: Stream, timeout: std::time::Duration) -> Self {
+        Self {
+            stream,
+            buffer: Vec::with_capacity(1024),
+            timeout,
+        }
+    }
+
+    fn into_parts(self) -> (Stream, Vec<u8>) {
+        (self.stream, self.buffer)
+    }
+
+    async fn send(&mut self, bytes: &[u8], phase: &'static str) -> Result<(), UpstreamError> {
+        let stream = &mut self.stream;
+        within(phase, self.timeout, async {
+            stream
+                .write_all(bytes)
+                .await
+                .map_err(|source| UpstreamError::Io { phase, source })
+        })
+        .await
+    }
+
+    async fn command(
+        &mut self,
+        tag: &str,
+        bytes: &[u8],
+        phase: &'static str,
+    ) -> Result<Reply, UpstreamError> {
+        self.send(bytes, phase).await?;
+        self.read_tagged(tag, phase).await
+    }
+
+    /// Reads responses up to and including the tagged one for `tag`.
+    async fn read_tagged(
+        &mut self,
+        tag: &str,
+        phase: &'static str,
+    ) -> Result<Reply, UpstreamError> {
+        let mut untagged_capabilities = None;
+        loop {
+            let line = self.read_line(phase).await?;
+            if let Some(rest) = line.strip_prefix("* ") {
+                if rest.len() > 11 && rest[..11].eq_ignore_ascii_case("CAPABILITY ") {
+                    untagged_capabilities = Some(rest[11..].to_string());
+                } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("BYE") {
+                    return Err(UpstreamError::Closed(phase));
+                }
+                continue;
+            }
+            let Some(rest) = line.strip_prefix(tag).and_then(|r| r.strip_prefix(' ')) else {
+                continue; // a continuation or another tag: not ours
+            };
+            let (status, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            let status = match status.to_ascii_uppercase().as_str() {
+                "OK" => Status::Ok,
+                "NO" => Status::No,
+                "BAD" => Status::Bad,
+                _ => return Err(UpstreamError::Protocol { phase }),
+            };
+            let capabilities = capability_code(text).or(untagged_capabilities);
+            return Ok(Reply {
+                status,
+                text: text.to_string(),
+                capabilities,
+            });
+        }
+    }
+
+    async fn expect_continuation(&mut self) -> Result<(), UpstreamError> {
+        let line = self.read_line("login").await?;
+        if line.starts_with('+') {
+            Ok(())
+        } else {
+            Err(UpstreamError::Refused)
+        }
+    }
+
+    /// One response line without its CRLF; literals inside it are kept in the text.
+    async fn read_line(&mut self, phase: &'static str) -> Result<String, UpstreamError> {
+        loop {
+            if let Some(end) = line_end(&self.buffer) {
+                let line: Vec<u8> = self.buffer.drain(..end).collect();
+                let text = String::from_utf8_lossy(&line);
+                return Ok(text.trim_end_matches(['\r', '\n']).to_string());
+            }
+            if self.buffer.len() > MAX_RESPONSE {
+                return Err(UpstreamError::Protocol { phase });
+            }
+            let stream = &mut self.stream;
+            let buffer = &mut self.buffer;
+            let read = within(phase, self.timeout, async {
+                let mut chunk = [0u8; 4096];
+                let n = stream
+                    .read(&mut chunk)
+                    .await
+                    .map_err(|source| UpstreamError::Io { phase, source })?;
+                buffer.extend_from_slice(&chunk[..n]);
+                Ok(n)
+            })
+            .await?;
+            if read == 0 {
+                return Err(UpstreamError::Closed(phase));
+            }
+        }
+    }
+}
+
+/// The index just past the LF ending the first complete response in `buffer`, skipping
+/// over `{n}` literals.
+fn line_end(buffer: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let lf = at + buffer[at..].iter().position(|&b| b == b'\n')?;
+        let line = &buffer[..lf];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match literal_length(line) {
+            Some(length) => {
+                at = lf + 1 + length;
+                if at > buffer.len() {
+                    return None;
+                }
+            }
+            None => return Some(lf + 1),
+        }
+    }
+}
+
+/// `n` when `line` ends with a literal announcement `{n}` or `{n+}`.
+fn literal_length(line: &[u8]) -> Option<usize> {
+    let inner = line.strip_suffix(b"}")?;
+    let open = inner.iter().rposition(|&b| b == b'{')?;
+    let digits = &inner[open + 1..];
+    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+    if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greeting_capabilities_are_read_from_the_code() {
+        let Some(Greeting::Ok(caps)) =
+            parse_greeting("* OK [CAPABILITY IMAP4rev1 SASL-IR ID] Dovecot ready.")
+        else {
+            panic!("not an OK greeting");
+        };
+        assert_eq!(caps.as_deref(), Some("IMAP4rev1 SASL-IR ID"));
+        assert!(matches!(
+            parse_greeting("* OK ready"),
+            Some(Greeting::Ok(None))
+        ));
+        assert!(matches!(parse_greeting("* BYE busy"), Some(Greeting::Bye)));
+        assert!(parse_greeting("* PREAUTH hi").is_none());
+        assert!(parse_greeting("garbage").is_none());
+    }
+
+    #[test]
+    fn responses_with_literals_are_one_line() {
+        let buffer = b"* ID (\"name\" {7}\r\nDovecot)\r\np2 OK done\r\n";
+        let end = line_end(buffer).unwrap();
+        assert_eq!(&buffer[..end], b"* ID (\"name\" {7}\r\nDovecot)\r\n");
+        assert_eq!(line_end(b"* ID {100}\r\nshort"), None);
+        assert_eq!(line_end(b"no newline"), None);
+    }
+
+    #[test]
+    fn id_carries_the_client_address_and_never_lets_the_client_forge_it() {
+        let client_id = vec![
+            ("name".to_string(), Some("Mac OS X Mail".to_string())),
+            ("x-originating-ip".to_string(), Some("6.6.6.6".to_string())),
+            (
+                "version".to_string(),
+                Some("16.0 \"quoted\"\r\n".to_string()),
+            ),
+        ];
+        let request = LoginRequest {
+            upstream_user: "alice",
+            client: "192.0.2.7:50123".parse().unwrap(),
+            client_id: &client_id,
+        };
+        assert_eq!(
+            id_command("p2", &request),
+            "p2 ID (\"x-originating-ip\" \"192.0.2.7\" \"x-originating-port\" \"50123\" \
+             \"name\" \"Mac OS X Mail\" \"version\" \"16.0 \\\"quoted\\\"\")\r\n"
+        );
+    }
+
+    #[test]
+    fn plain_response_puts_the_user_in_authzid() {
+        let encoded = plain_response("alice", "proxy", &Secret::new("pw".into()));
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.expose())
+            .unwrap();
+        assert_eq!(decoded, b"alice\0proxy\0pw");
+    }
+}

@@ -1,0 +1,239 @@
+//! The IMAP gateway end to end: real Dovecot behind, postern in the middle, byte-level
+//! scripts of Outlook 2016 and Apple Mail in front, over both listener kinds.
+
+mod support;
+
+use std::time::Duration;
+
+use postern::store::Scope;
+use support::imap_client::ImapClient;
+use support::postern::{metric, Options, Postern};
+use support::Dovecot;
+
+const MESSAGE: &[u8] = b"From: Bob <bob@example.test>\r\n\
+To: Alice <alice@example.test>\r\n\
+Subject: Quarterly numbers\r\n\
+Message-ID: <numbers-1@example.test>\r\n\
+\r\n\
+The numbers are in.\r\n";
+
+/// Dovecot with user `alice` and one message; postern with login `alice@example.test`.
+async fn setup(options: Options) -> (Dovecot, Postern, String, i64) {
+    let dovecot = Dovecot::start();
+    dovecot.add_user("alice", "alice-direct-password");
+    dovecot.deliver("alice", MESSAGE);
+    let postern = Postern::start_with(&dovecot, options).await;
+    postern.add_user("alice@example.test", "alice").await;
+    let (id, password) = postern
+        .issue("alice@example.test", &[Scope::Imap, Scope::Smtp], None)
+        .await;
+    (dovecot, postern, password, id)
+}
+
+/// Connects to the listener of `kind` and returns a client ready to log in (after STARTTLS
+/// on the STARTTLS listener), with the capabilities it was shown.
+async fn ready_to_login(postern: &Postern, kind: &str) -> (ImapClient, String) {
+    match kind {
+        "implicit" => {
+            let (client, greeting) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+            assert_eq!(
+                greeting,
+                "* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN] postern ready"
+            );
+            (client, greeting)
+        }
+        _ => {
+            let (mut client, greeting) = ImapClient::connect_plain(postern.imap).await;
+            assert_eq!(
+                greeting,
+                "* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID STARTTLS LOGINDISABLED] postern ready"
+            );
+            client.starttls("s0", &postern.ca_path).await;
+            (client, greeting)
+        }
+    }
+}
+
+/// Outlook 2016: CAPABILITY, LOGIN with quoted strings, CAPABILITY again (it must see the
+/// upstream's), LIST, SELECT, UID FETCH, IDLE, LOGOUT.
+async fn outlook_session(postern: &Postern, password: &str, kind: &str) {
+    let (mut client, _) = ready_to_login(postern, kind).await;
+    let caps = client.command("a1", "CAPABILITY").await;
+    assert_eq!(
+        caps[0],
+        "* CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN"
+    );
+    assert!(!caps.iter().any(|l| l.contains("CRAM-MD5")));
+
+    let login = client
+        .command(
+            "a2",
+            &format!("LOGIN \"alice@example.test\" \"{password}\""),
+        )
+        .await;
+    let ok = login.last().unwrap();
+    assert!(ok.starts_with("a2 OK [CAPABILITY IMAP4rev1"), "{login:?}");
+    assert!(
+        ok.contains("IDLE"),
+        "post-login capabilities come from Dovecot: {ok}"
+    );
+
+    let caps = client.command("a3", "CAPABILITY").await;
+    assert!(caps[0].starts_with("* CAPABILITY IMAP4rev1"), "{caps:?}");
+    assert!(
+        caps[0].contains("IDLE") && !caps[0].contains("LOGINDISABLED"),
+        "{caps:?}"
+    );
+
+    let list = client.command("a4", "LIST \"\" \"*\"").await;
+    assert!(
+        list.iter()
+            .any(|l| l.starts_with("* LIST") && l.contains("INBOX")),
+        "{list:?}"
+    );
+    let select = client.command("a5", "SELECT INBOX").await;
+    assert!(select.iter().any(|l| l == "* 1 EXISTS"), "{select:?}");
+    assert!(select.last().unwrap().starts_with("a5 OK"), "{select:?}");
+
+    let fetch = client
+        .command("a6", "UID FETCH 1:* (UID RFC822.SIZE BODY.PEEK[])")
+        .await;
+    let joined = fetch.join("\n");
+    assert!(joined.contains("The numbers are in."), "{fetch:?}");
+    assert!(fetch.last().unwrap().starts_with("a6 OK"), "{fetch:?}");
+
+    client.send(b"a7 IDLE\r\n").await;
+    assert_eq!(client.read_line().await, "+ idling");
+    client.send(b"DONE\r\n").await;
+    let done = client.read_tagged("a7").await;
+    assert!(done.last().unwrap().starts_with("a7 OK"), "{done:?}");
+
+    let logout = client.command("a8", "LOGOUT").await;
+    assert!(logout.iter().any(|l| l.starts_with("* BYE")), "{logout:?}");
+    assert!(logout.last().unwrap().starts_with("a8 OK"), "{logout:?}");
+    assert!(client.closed_within(Duration::from_secs(10)).await);
+}
+
+/// Apple Mail: CAPABILITY, ID, AUTHENTICATE PLAIN with SASL-IR, ENABLE, SELECT, UID FETCH,
+/// IDLE, LOGOUT.
+async fn apple_mail_session(postern: &Postern, password: &str, kind: &str) {
+    let (mut client, _) = ready_to_login(postern, kind).await;
+    client.command("1", "CAPABILITY").await;
+    let id = client
+        .command(
+            "2",
+            "ID (\"name\" \"Mac OS X Mail\" \"version\" \"16.0 (3776.700.51)\" \"os\" \"Mac OS X\")",
+        )
+        .await;
+    assert_eq!(id, vec!["* ID (\"name\" \"postern\")", "2 OK ID completed"]);
+
+    let response = base64(&format!("\0alice@example.test\0{password}"));
+    let auth = client
+        .command("3", &format!("AUTHENTICATE PLAIN {response}"))
+        .await;
+    assert!(
+        auth.last()
+            .unwrap()
+            .starts_with("3 OK [CAPABILITY IMAP4rev1"),
+        "{auth:?}"
+    );
+
+    let enable = client.command("4", "ENABLE QRESYNC").await;
+    assert!(enable.last().unwrap().starts_with("4 OK"), "{enable:?}");
+    let select = client.command("5", "SELECT INBOX").await;
+    assert!(select.iter().any(|l| l == "* 1 EXISTS"), "{select:?}");
+    let fetch = client
+        .command(
+            "6",
+            "UID FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
+        )
+        .await;
+    assert!(fetch.join("\n").contains("Quarterly numbers"), "{fetch:?}");
+    client.send(b"7 IDLE\r\n").await;
+    assert_eq!(client.read_line().await, "+ idling");
+    client.send(b"DONE\r\n").await;
+    client.read_tagged("7").await;
+    let logout = client.command("8", "LOGOUT").await;
+    assert!(logout.last().unwrap().starts_with("8 OK"), "{logout:?}");
+}
+
+fn base64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outlook_and_apple_mail_scripts_work_over_both_listener_kinds() {
+    let (dovecot, postern, password, _) = setup(Options::default()).await;
+    for kind in ["implicit", "starttls"] {
+        outlook_session(&postern, &password, kind).await;
+        apple_mail_session(&postern, &password, kind).await;
+    }
+    // Apple Mail's ID reached Dovecot with the client's real address.
+    let log = dovecot.all_logs();
+    assert!(
+        log.contains("Mac OS X Mail"),
+        "ID fields forwarded upstream:\n{log}"
+    );
+    let metrics = postern.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "postern_auth_attempts_total{mechanism=\"login\",protocol=\"imap\",result=\"ok\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "postern_auth_attempts_total{mechanism=\"plain\",protocol=\"imap\",result=\"ok\"}"
+        ),
+        2.0
+    );
+    assert!(
+        metric(&metrics, "postern_auth_cache_hits_total") >= 3.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "postern_relay_bytes_total{direction=\"to_client\",protocol=\"imap\"}"
+        ) > 0.0
+    );
+    postern.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn master_login_mode_and_starttls_upstream_work_too() {
+    let options = Options {
+        upstream_auth: "master-login",
+        upstream_tls: "starttls",
+        ..Options::default()
+    };
+    let (_dovecot, postern, password, _) = setup(options).await;
+    outlook_session(&postern, &password, "implicit").await;
+    postern.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_password_is_accepted_however_it_is_retyped() {
+    let (_dovecot, postern, password, _) = setup(Options::default()).await;
+    let retyped = password.replace(' ', "").to_uppercase();
+    let (mut client, _) = ready_to_login(&postern, "implicit").await;
+    let login = client
+        .command(
+            "a1",
+            &format!(
+                "LOGIN {{18}}\r\nALICE@EXAMPLE.TEST {{{}+}}\r\n{retyped}",
+                retyped.len()
+            ),
+        )
+        .await;
+    // The synchronizing literal got its continuation; the LITERAL+ one did not need one.
+    assert_eq!(login[0], "+ Ready for literal data");
+    assert!(
+        login.last().unwrap().starts_with("a1 OK [CAPABILITY"),
+        "{login:?}"
+    );
+    postern.stop().await;
+}

@@ -1,0 +1,434 @@
+//! A private Dovecot (imap, imaps, submission, submissions, lmtp) on loopback ports.
+
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::distributions::{Alphanumeric, DistString};
+
+use super::{
+    chmod, chown, current_user_and_group, free_port, is_root, port_open, read_lossy, register_live,
+    stop_child, user_ids, wait_for_port_closed, TestCa, SIGTERM, STARTUP_DEADLINE,
+};
+
+const DOVECOT: &str = "/usr/sbin/dovecot";
+
+pub struct Dovecot {
+    pub imap_port: u16,
+    pub imaps_port: u16,
+    pub submission_port: u16,
+    pub submissions_port: u16,
+    pub lmtp_port: u16,
+    /// The CA that issued Dovecot's certificate (for "localhost" and 127.0.0.1).
+    pub ca: TestCa,
+    /// Same as `ca.ca_path`.
+    pub ca_path: PathBuf,
+    /// Master user: `LOGIN user*<master_user> <master_password>`, or SASL PLAIN with
+    /// authzid=user, authcid=master_user.
+    pub master_user: String,
+    pub master_password: String,
+    /// The temp dir holding config, logs, passwd files and mail.
+    pub dir: PathBuf,
+    /// Port that `submission_relay_host` points at (nothing listens there for now).
+    pub relay_port: u16,
+    child: Option<Child>,
+    /// (uid, gid) that mail files must belong to when we are root; None otherwise.
+    mail_owner: Option<(u32, u32)>,
+    users_generation: AtomicU64,
+    _tmp: tempfile::TempDir,
+}
+
+impl Dovecot {
+    /// Starts Dovecot with a fresh CA, certificate, empty user list and a random master
+    /// password; returns once every listener accepts connections.
+    pub fn start() -> Dovecot {
+        let tmp = tempfile::Builder::new()
+            .prefix("postern-dovecot-")
+            .tempdir()
+            .expect("create temp dir for dovecot");
+        let dir = tmp.path().to_path_buf();
+        // Dovecot's unprivileged processes (login, auth, mail) must reach into it.
+        chmod(&dir, 0o755);
+
+        let ca = TestCa::new(&dir);
+        let ca_path = ca.ca_path.clone();
+        let (cert, key) = ca.issue(&dir, "dovecot", &["localhost", "127.0.0.1"]);
+
+        let root = is_root();
+        let identity = if root {
+            let (uid, gid) = user_ids("nobody");
+            Identity {
+                login_user: "dovenull".into(),
+                internal_user: "dovecot".into(),
+                internal_group: "dovecot".into(),
+                mail_uid: uid,
+                mail_gid: gid,
+            }
+        } else {
+            let (user, group) = current_user_and_group();
+            let (uid, gid) = user_ids(&user);
+            Identity {
+                login_user: user.clone(),
+                internal_user: user,
+                internal_group: group,
+                mail_uid: uid,
+                mail_gid: gid,
+            }
+        };
+        let mail_owner = root.then_some((identity.mail_uid, identity.mail_gid));
+
+        fs::create_dir(dir.join("mail")).expect("mkdir mail");
+        chown(&dir.join("mail"), mail_owner);
+
+        let master_user = "proxy".to_string();
+        let master_password = Alphanumeric.sample_string(&mut rand::thread_rng(), 24);
+        write_file(
+            &dir.join("masters"),
+            format!("{master_user}:{{PLAIN}}{master_password}::::::\n").as_bytes(),
+        );
+
+        let mut dovecot = Dovecot {
+            imap_port: 0,
+            imaps_port: 0,
+            submission_port: 0,
+            submissions_port: 0,
+            lmtp_port: 0,
+            ca,
+            ca_path,
+            master_user,
+            master_password,
+            dir,
+            relay_port: 0,
+            child: None,
+            mail_owner,
+            users_generation: AtomicU64::new(0),
+            _tmp: tmp,
+        };
+        fs::create_dir(dovecot.dir.join("passwd.d")).expect("mkdir passwd.d");
+
+        // Ports are picked as free then released; another process may grab one in
+        // between, so retry a few times on EADDRINUSE.
+        for attempt in 1..=3 {
+            dovecot.imap_port = free_port();
+            dovecot.imaps_port = free_port();
+            dovecot.submission_port = free_port();
+            dovecot.submissions_port = free_port();
+            dovecot.lmtp_port = free_port();
+            dovecot.relay_port = free_port();
+            let conf = dovecot.config(&identity, &cert, &key);
+            write_file(&dovecot.dir.join("dovecot.conf"), conf.as_bytes());
+            match dovecot.spawn() {
+                Ok(()) => return dovecot,
+                Err(log) if attempt < 3 && log.contains("Address already in use") => continue,
+                Err(log) => panic!("dovecot failed to start\n{log}"),
+            }
+        }
+        unreachable!()
+    }
+
+    /// Starts `dovecot -F` and waits until all listeners accept connections. Err(log)
+    /// when the process exited before that.
+    fn spawn(&mut self) -> Result<(), String> {
+        let _ = fs::remove_file(self.log_path());
+        let stderr = File::create(self.stderr_path()).expect("create dovecot.stderr");
+        let child = Command::new(DOVECOT)
+            .arg("-F")
+            .arg("-c")
+            .arg(self.dir.join("dovecot.conf"))
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone().expect("dup stderr file"))
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {DOVECOT}: {e} (is dovecot-imapd installed?)"));
+        register_live(child.id(), SIGTERM);
+        self.child = Some(child);
+
+        let ports = [
+            self.imap_port,
+            self.imaps_port,
+            self.submission_port,
+            self.submissions_port,
+            self.lmtp_port,
+        ];
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        for port in ports {
+            loop {
+                if port_open(port) {
+                    break;
+                }
+                let exited = self.child.as_mut().unwrap().try_wait().ok().flatten();
+                if let Some(status) = exited {
+                    let pid = self.child.take().unwrap().id();
+                    super::unregister_live(pid);
+                    return Err(format!(
+                        "dovecot exited ({status}) during startup\n{}",
+                        self.all_logs()
+                    ));
+                }
+                if Instant::now() > deadline {
+                    let log = self.all_logs();
+                    self.stop();
+                    panic!(
+                        "dovecot: nothing accepted connections on 127.0.0.1:{port} within \
+                         {STARTUP_DEADLINE:?}\n{log}"
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
+    }
+
+    fn config(&self, id: &Identity, cert: &Path, key: &Path) -> String {
+        let dir = self.dir.display();
+        let mut c = String::new();
+        let mut line = |s: &str| {
+            c.push_str(s);
+            c.push('\n');
+        };
+        // A complete standalone config: nothing from /etc/dovecot is included.
+        line(&format!("base_dir = {dir}/run"));
+        line(&format!("state_dir = {dir}/state"));
+        line(&format!("instance_name = postern-test-{}", self.imap_port));
+        line("protocols = imap submission lmtp");
+        line("listen = 127.0.0.1");
+        line(&format!("log_path = {dir}/dovecot.log"));
+        line(&format!("info_log_path = {dir}/dovecot.log"));
+        line("auth_verbose = yes");
+        line("auth_mechanisms = plain login");
+        line("auth_cache_size = 0");
+        // Dovecot's default 2s delay on failed auth only slows tests down.
+        line("auth_failure_delay = 0");
+        line("auth_master_user_separator = *");
+        line("disable_plaintext_auth = no");
+        line("ssl = yes");
+        line(&format!("ssl_cert = <{}", cert.display()));
+        line(&format!("ssl_key = <{}", key.display()));
+        line("ssl_min_protocol = TLSv1.2");
+        line("login_trusted_networks = 127.0.0.0/8 ::1");
+        line("imap_id_log = *");
+        line(&format!("mail_location = maildir:{dir}/mail/%u/Maildir"));
+        line("mail_fsync = never");
+        line(&format!("default_login_user = {}", id.login_user));
+        line(&format!("default_internal_user = {}", id.internal_user));
+        line(&format!("default_internal_group = {}", id.internal_group));
+        line(&format!("mail_uid = {}", id.mail_uid));
+        line(&format!("mail_gid = {}", id.mail_gid));
+        line("first_valid_uid = 1");
+        line(&format!("first_valid_gid = {}", id.mail_gid.min(1)));
+        line("submission_relay_host = 127.0.0.1");
+        line(&format!("submission_relay_port = {}", self.relay_port));
+        line("protocol imap {\n  mail_max_userip_connections = 1000\n}");
+        line(&format!(
+            "passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {dir}/masters\n  \
+             master = yes\n  pass = yes\n}}"
+        ));
+        line(&format!(
+            "passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {dir}/passwd.d/%u\n}}"
+        ));
+        line(&format!(
+            "userdb {{\n  driver = passwd-file\n  args = {dir}/passwd.d/%u\n  \
+             default_fields = home={dir}/mail/%u\n}}"
+        ));
+        // Without root, chroot is impossible: disable it where the defaults use it.
+        let chroot = if is_root() { "" } else { "  chroot =\n" };
+        line(&format!(
+            "service imap-login {{\n{chroot}  inet_listener imap {{\n    address = 127.0.0.1\n    \
+             port = {}\n  }}\n  inet_listener imaps {{\n    address = 127.0.0.1\n    port = {}\n    \
+             ssl = yes\n  }}\n}}",
+            self.imap_port, self.imaps_port
+        ));
+        line(&format!(
+            "service submission-login {{\n{chroot}  inet_listener submission {{\n    address = 127.0.0.1\n    \
+             port = {}\n  }}\n  inet_listener submissions {{\n    address = 127.0.0.1\n    port = {}\n    \
+             ssl = yes\n  }}\n}}",
+            self.submission_port, self.submissions_port
+        ));
+        line(&format!(
+            "service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {}\n  }}\n}}",
+            self.lmtp_port
+        ));
+        // No auth penalty (2 s, 4 s, ... delays per IP after failed logins, which Dovecot
+        // 2.3 applies even to login_trusted_networks): without its anvil socket the auth
+        // process disables it, logging one "net_connect_unix(anvil-auth-penalty) failed"
+        // error at the first authentication.
+        line(&format!(
+            "service anvil {{\n{chroot}  unix_listener anvil-auth-penalty {{\n    mode = 0\n  }}\n}}"
+        ));
+        c
+    }
+
+    /// Adds (or replaces) a user with a plain password, usable immediately (no restart)
+    /// for direct logins and through the master user.
+    ///
+    /// Each user has its own passwd-file (`<dir>/passwd.d/<name>`, found through `%u`):
+    /// Dovecot opens a file it has not seen on the next lookup, but re-checks a file it
+    /// already knows at most once per second. So replacing the password of an existing
+    /// user returns only once the wall clock has moved past the second of the write
+    /// (at most ~1 s); adding a new user returns at once.
+    pub fn add_user(&self, name: &str, password: &str) {
+        for (what, v) in [("user name", name), ("password", password)] {
+            assert!(
+                !v.is_empty() && !v.contains([':', '\n', '\r', '\0']),
+                "Dovecot::add_user: {what} {v:?} cannot go into a passwd-file"
+            );
+        }
+        assert!(
+            !name.contains(['*', '/', '%']) && name != "." && name != "..",
+            "Dovecot::add_user: user name {name:?} must not contain '*', '/' or '%'"
+        );
+        let path = self.dir.join("passwd.d").join(name);
+        let existed = path.exists();
+        // A distinct mtime per write: Dovecot reloads when mtime or size changed.
+        let generation = self.users_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let tmp = self.dir.join("passwd.d").join(format!(".tmp{generation}"));
+        write_file(
+            &tmp,
+            format!("{name}:{{PLAIN}}{password}::::::\n").as_bytes(),
+        );
+        let file = File::options()
+            .write(true)
+            .open(&tmp)
+            .expect("open passwd tmp file");
+        file.set_modified(UNIX_EPOCH + Duration::from_secs(1_000_000_000 + generation))
+            .expect("set mtime of passwd file");
+        drop(file);
+        fs::rename(&tmp, &path).expect("rename passwd file into place");
+        let written_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        if existed {
+            while SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                <= written_at
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// The user's Maildir (`<dir>/mail/<user>/Maildir`); may not exist yet.
+    pub fn maildir(&self, user: &str) -> PathBuf {
+        self.dir.join("mail").join(user).join("Maildir")
+    }
+
+    /// Drops `raw_message` into the user's Maildir/new under a unique name, owned by the
+    /// mail user. The next SELECT (or NOOP on a selected INBOX) sees it.
+    pub fn deliver(&self, user: &str, raw_message: &[u8]) {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let maildir = self.maildir(user);
+        let mut dirs = vec![self.dir.join("mail").join(user), maildir.clone()];
+        dirs.extend(["cur", "new", "tmp"].map(|d| maildir.join(d)));
+        for d in &dirs {
+            match fs::create_dir(d) {
+                Ok(()) => {
+                    chmod(d, 0o700);
+                    chown(d, self.mail_owner);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => panic!("Dovecot::deliver: mkdir {}: {e}", d.display()),
+            }
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let name = format!(
+            "{}.M{}P{}Q{}.postern-test,S={}",
+            now.as_secs(),
+            now.subsec_micros(),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            raw_message.len()
+        );
+        let tmp = maildir.join("tmp").join(&name);
+        let mut f = File::create(&tmp)
+            .unwrap_or_else(|e| panic!("Dovecot::deliver: create {}: {e}", tmp.display()));
+        f.write_all(raw_message).expect("write message");
+        drop(f);
+        chmod(&tmp, 0o600);
+        chown(&tmp, self.mail_owner);
+        let new = maildir.join("new").join(&name);
+        fs::rename(&tmp, &new)
+            .unwrap_or_else(|e| panic!("Dovecot::deliver: rename to {}: {e}", new.display()));
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("dovecot.log")
+    }
+
+    fn stderr_path(&self) -> PathBuf {
+        self.dir.join("dovecot.stderr")
+    }
+
+    /// Content of Dovecot's log file (all services, info and errors).
+    pub fn log(&self) -> String {
+        read_lossy(&self.log_path())
+    }
+
+    /// Log file plus whatever the master wrote to stderr before its log was set up.
+    pub fn all_logs(&self) -> String {
+        format!(
+            "--- dovecot.log ---\n{}\n--- dovecot stderr ---\n{}",
+            self.log(),
+            read_lossy(&self.stderr_path())
+        )
+    }
+
+    /// Stops Dovecot (SIGTERM to the master, waits for it) and waits until the ports
+    /// refuse connections. Idempotent; also done on Drop.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let t0 = Instant::now();
+        let graceful = stop_child(&mut child, SIGTERM);
+        eprintln!("DEBUG stop_child took {:?}", t0.elapsed());
+        if !graceful {
+            eprintln!(
+                "dovecot did not exit on SIGTERM; killed\n{}",
+                self.all_logs()
+            );
+        }
+        for port in [
+            self.imap_port,
+            self.imaps_port,
+            self.submission_port,
+            self.submissions_port,
+            self.lmtp_port,
+        ] {
+            wait_for_port_closed(port, "dovecot", || self.all_logs());
+            eprintln!("DEBUG port {port} closed at {:?}", t0.elapsed());
+        }
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Don't turn a failing test into an abort with a second panic.
+            if let Some(mut child) = self.child.take() {
+                stop_child(&mut child, SIGTERM);
+            }
+        } else {
+            self.stop();
+        }
+    }
+}
+
+struct Identity {
+    login_user: String,
+    internal_user: String,
+    internal_group: String,
+    mail_uid: u32,
+    mail_gid: u32,
+}
+
+fn write_file(path: &Path, content: &[u8]) {
+    fs::write(path, content).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    chmod(path, 0o644);
+}

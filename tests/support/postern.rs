@@ -1,0 +1,266 @@
+//! postern itself, in-process: the real server on ephemeral loopback ports in front of a
+//! test Dovecot, with its config file written out so the real CLI binary can administer
+//! the same store from another process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use postern::admin::{self, IssueRequest};
+use postern::auth::digest::DigestKey;
+use postern::auth::verifier::now;
+use postern::config::{Config, ListenerConfig};
+use postern::server::{self, Gateway};
+use postern::store::{NewUser, Scope, Store};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::{Dovecot, TestCa};
+
+/// How postern is set up for a test.
+pub struct Options {
+    /// `None`: a SQLite file in the temp dir.
+    pub store_url: Option<String>,
+    /// `sasl-plain-authzid` or `master-login`.
+    pub upstream_auth: &'static str,
+    /// `implicit` (Dovecot's imaps port) or `starttls` (its imap port).
+    pub upstream_tls: &'static str,
+    /// Overrides the upstream port (e.g. one where nothing listens).
+    pub upstream_port: Option<u16>,
+    /// Overrides the master password postern sends.
+    pub master_password: Option<String>,
+    /// Extra TOML appended to the config.
+    pub extra_config: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            store_url: None,
+            upstream_auth: "sasl-plain-authzid",
+            upstream_tls: "implicit",
+            upstream_port: None,
+            master_password: None,
+            extra_config: String::new(),
+        }
+    }
+}
+
+/// A running postern.
+pub struct Postern {
+    /// Implicit-TLS IMAP listener.
+    pub imaps: SocketAddr,
+    /// STARTTLS IMAP listener.
+    pub imap: SocketAddr,
+    /// /metrics, /healthz, /readyz.
+    pub http: SocketAddr,
+    /// The CA that issued postern's certificate (for "localhost").
+    pub ca_path: PathBuf,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub store: Store,
+    pub gateway: Arc<Gateway>,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Postern {
+    /// postern with a SQLite store in front of `dovecot`'s imaps port.
+    pub async fn start(dovecot: &Dovecot) -> Postern {
+        Self::start_with(dovecot, Options::default()).await
+    }
+
+    pub async fn start_with(dovecot: &Dovecot, options: Options) -> Postern {
+        let dir = tempfile::Builder::new()
+            .prefix("postern-gateway-")
+            .tempdir()
+            .expect("temp dir for postern");
+        let ca = TestCa::new(dir.path());
+        let (cert, key) = ca.issue(dir.path(), "postern", &["localhost", "127.0.0.1"]);
+        let master_password_file = dir.path().join("master-password");
+        let master_password = options
+            .master_password
+            .clone()
+            .unwrap_or_else(|| dovecot.master_password.clone());
+        std::fs::write(&master_password_file, format!("{master_password}\n"))
+            .expect("write master password");
+        let store_url = options
+            .store_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("postern.db").display()));
+        let upstream_port = options.upstream_port.unwrap_or(match options.upstream_tls {
+            "implicit" => dovecot.imaps_port,
+            _ => dovecot.imap_port,
+        });
+        let text = format!(
+            r#"
+[store]
+url = "{store_url}"
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+
+[[listener]]
+name = "imaps"
+protocol = "imap"
+bind = "127.0.0.1:0"
+tls = "implicit"
+
+[[listener]]
+name = "imap"
+protocol = "imap"
+bind = "127.0.0.1:0"
+tls = "starttls"
+
+[upstream.imap]
+address = "127.0.0.1:{upstream_port}"
+tls = "{upstream_tls}"
+server_name = "localhost"
+ca_file = "{ca_file}"
+auth = "{upstream_auth}"
+master_user = "{master_user}"
+master_password_file = "{master_password_file}"
+
+[http]
+bind = "127.0.0.1:0"
+
+[auth]
+change_poll_interval = "100ms"
+{extra}
+"#,
+            cert = cert.display(),
+            key = key.display(),
+            upstream_tls = options.upstream_tls,
+            ca_file = dovecot.ca_path.display(),
+            upstream_auth = options.upstream_auth,
+            master_user = dovecot.master_user,
+            master_password_file = master_password_file.display(),
+            extra = options.extra_config,
+        );
+        let config_path = dir.path().join("postern.toml");
+        std::fs::write(&config_path, &text).expect("write config");
+        let config = Config::parse(&text).expect("test config parses");
+        config.validate().expect("test config is valid");
+
+        let store = Store::open(&config.store.url).await.expect("open store");
+        store.migrate().await.expect("migrate store");
+        let gateway = Gateway::new(&config, store.clone())
+            .await
+            .expect("gateway starts");
+        let mut listeners: Vec<(ListenerConfig, TcpListener)> = Vec::new();
+        for listener in &config.listeners {
+            let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            listeners.push((listener.clone(), socket));
+        }
+        let imaps = listeners[0].1.local_addr().unwrap();
+        let imap = listeners[1].1.local_addr().unwrap();
+        let http_socket = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+        let http = http_socket.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(
+            gateway.clone(),
+            listeners,
+            Some(http_socket),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Postern {
+            imaps,
+            imap,
+            http,
+            ca_path: ca.ca_path.clone(),
+            config_path,
+            config,
+            store,
+            gateway,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Adds a user whose upstream account is `upstream_user`.
+    pub async fn add_user(&self, login: &str, upstream_user: &str) {
+        let addresses = vec![format!("{upstream_user}@example.test")];
+        self.store
+            .add_user(
+                &NewUser {
+                    login,
+                    upstream_user,
+                    addresses: &addresses,
+                },
+                now(),
+            )
+            .await
+            .expect("add user");
+    }
+
+    /// Issues an app password; returns its id and display form.
+    pub async fn issue(
+        &self,
+        login: &str,
+        scopes: &[Scope],
+        expires_at: Option<i64>,
+    ) -> (i64, String) {
+        let lookup_key = DigestKey::new(self.store.lookup_key().await.expect("lookup key"));
+        let hasher = server::password_hasher(&self.config).expect("hasher");
+        let issued = admin::issue_app_password(
+            &self.store,
+            &hasher,
+            &lookup_key,
+            IssueRequest {
+                login,
+                name: "test device",
+                scopes,
+                expires_at,
+                max_live: 40,
+            },
+            now(),
+        )
+        .await
+        .expect("issue app password");
+        (issued.app_password.id, issued.password.expose().clone())
+    }
+
+    /// Runs the real `postern` binary against this instance's config and store.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.config_path, args)
+    }
+
+    /// The Prometheus text exposition, as /metrics serves it.
+    pub fn metrics(&self) -> String {
+        self.gateway.metrics.render()
+    }
+
+    /// Stops the server and waits for every session to end.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+    }
+}
+
+/// Runs the `postern` binary with `--config path`.
+pub fn cli(config_path: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_postern"))
+        .arg("--config")
+        .arg(config_path)
+        .args(args)
+        .output()
+        .expect("run the postern binary")
+}
+
+/// The value of a metric line (`name{labels} value`), 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
