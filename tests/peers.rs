@@ -72,7 +72,6 @@ impl<S: Read + Write> Imap<S> {
 
     /// Sends a command; returns (tagged status line, everything before it).
     fn command(&mut self, command: &str) -> (String, String) {
-        let _t = Timer(command.to_string(), std::time::Instant::now());
         self.tag += 1;
         let tag = format!("a{}", self.tag);
         self.send(&format!("{tag} {command}\r\n"));
@@ -372,11 +371,4 @@ async fn postgres_create_database_and_query() {
         !support::port_open(port),
         "stopped postgres must refuse connections"
     );
-}
-
-struct Timer(String, std::time::Instant);
-impl Drop for Timer {
-    fn drop(&mut self) {
-        eprintln!("TIMER {} {:?}", self.0, self.1.elapsed());
-    }
 }

@@ -10,9 +10,9 @@ use postern::store::{
 };
 use sqlx::Row;
 
-// TEMPORARY: a private starter until tests/support/postgres.rs lands; same API
-// (`Postgres::start()`, `create_database(name) -> URL`, stops on Drop).
-use private_postgres::Postgres;
+mod support;
+
+use support::postgres::Postgres;
 
 /// A migrated store and what keeps its database alive.
 struct TestDb {
@@ -853,122 +853,4 @@ async fn record_use_updates_last_used(db: TestDb) {
     .into();
     assert_eq!(keys, expected);
     assert_eq!(json["scopes"], serde_json::json!(["imap", "smtp"]));
-}
-
-/// TEMPORARY, until tests/support/postgres.rs exists: a throwaway PostgreSQL 15 cluster in
-/// a temp dir on an ephemeral loopback port, trust auth, stopped on Drop. As root, the
-/// server runs as the `postgres` system user.
-mod private_postgres {
-    use std::net::TcpListener;
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
-
-    const BIN: &str = "/usr/lib/postgresql/15/bin";
-
-    pub struct Postgres {
-        dir: tempfile::TempDir,
-        port: u16,
-        child: Child,
-    }
-
-    fn is_root() -> bool {
-        let out = Command::new("id").arg("-u").output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim() == "0"
-    }
-
-    /// `bin/program args…`, as the postgres user when we are root.
-    fn command(program: &str) -> Command {
-        let path = Path::new(BIN).join(program);
-        if is_root() {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(path);
-            command
-        } else {
-            Command::new(path)
-        }
-    }
-
-    fn run(command: &mut Command) {
-        let output = command.output().unwrap();
-        assert!(
-            output.status.success(),
-            "{command:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    impl Postgres {
-        pub fn start() -> Postgres {
-            let dir = tempfile::tempdir().unwrap();
-            if is_root() {
-                run(Command::new("chown")
-                    .arg("postgres:postgres")
-                    .arg(dir.path()));
-            }
-            let data: PathBuf = dir.path().join("data");
-            run(command("initdb")
-                .arg("-D")
-                .arg(&data)
-                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
-                .arg("--locale=C"));
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let child = command("postgres")
-                .arg("-D")
-                .arg(&data)
-                .arg("-k")
-                .arg(dir.path())
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-F"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let server = Postgres { dir, port, child };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let ready = Command::new(Path::new(BIN).join("pg_isready"))
-                    .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
-                    .status()
-                    .unwrap()
-                    .success();
-                if ready {
-                    break server;
-                }
-                assert!(Instant::now() < deadline, "postgres did not start");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-
-        pub fn create_database(&self, name: &str) -> String {
-            run(Command::new(Path::new(BIN).join("createdb"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-                .args(["-U", "postgres", name]));
-            format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
-        }
-    }
-
-    impl Drop for Postgres {
-        fn drop(&mut self) {
-            // The postmaster, not runuser: fast shutdown, which ends the backends too.
-            let pid_file = self.dir.path().join("data/postmaster.pid");
-            if let Ok(text) = std::fs::read_to_string(pid_file) {
-                if let Some(pid) = text.lines().next() {
-                    let _ = Command::new("kill").args(["-INT", pid.trim()]).status();
-                }
-            }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }

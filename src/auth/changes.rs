@@ -1,7 +1,6 @@
 //! Follows the store's change feed so that a revocation made anywhere (the CLI, another
 //! instance) drops cached verifications and closes the affected live sessions here.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,10 +8,6 @@ use super::verifier::Verifier;
 use crate::metrics::Metrics;
 use crate::sessions::LiveSessions;
 use crate::store::{self, Change, Store, StoreError};
-
-/// Changes are re-read this far back on every poll: on PostgreSQL a transaction can
-/// commit a lower id after a higher one, and re-reading catches it. Seen ids are skipped.
-const OVERLAP: i64 = 64;
 
 /// Polls the change feed every `interval` until `shutdown` completes.
 pub async fn follow(
@@ -74,19 +69,18 @@ fn apply(sessions: &LiveSessions, change: &Change) -> usize {
     }
 }
 
-/// Where this instance is in the change feed.
+/// Where this instance is in the change feed. The store commits changes in id order (on
+/// PostgreSQL, each change insert locks the table until commit), so remembering the last
+/// id seen is enough.
 #[derive(Debug, Default)]
 struct Feed {
     last: i64,
-    seen: BTreeSet<i64>,
 }
 
 impl Feed {
     async fn start(store: &Store) -> Result<Self, StoreError> {
-        let last = store.last_change_id().await?;
         Ok(Self {
-            last,
-            seen: BTreeSet::new(),
+            last: store.last_change_id().await?,
         })
     }
 
@@ -94,20 +88,13 @@ impl Feed {
     async fn poll(&mut self, store: &Store) -> Result<Vec<Change>, StoreError> {
         let mut fresh = Vec::new();
         loop {
-            let from = self.last.saturating_sub(OVERLAP);
-            let page = store.changes_after(from).await?;
+            let page = store.changes_after(self.last).await?;
             let full = page.len() >= store::CHANGES_PAGE as usize;
-            let before = self.last;
-            for change in page {
-                if change.id <= before.saturating_sub(OVERLAP) || !self.seen.insert(change.id) {
-                    continue;
-                }
-                self.last = self.last.max(change.id);
-                fresh.push(change);
+            if let Some(last) = page.last() {
+                self.last = last.id;
             }
-            let floor = self.last.saturating_sub(OVERLAP);
-            self.seen = self.seen.split_off(&floor);
-            if !full || self.last == before {
+            fresh.extend(page);
+            if !full {
                 return Ok(fresh);
             }
         }

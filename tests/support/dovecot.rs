@@ -11,7 +11,7 @@ use rand::distributions::{Alphanumeric, DistString};
 
 use super::{
     chmod, chown, current_user_and_group, free_port, is_root, port_open, read_lossy, register_live,
-    stop_child, user_ids, wait_for_port_closed, TestCa, SIGTERM, STARTUP_DEADLINE,
+    stop_child, user_ids, wait_for_port_closed, Stop, TestCa, STARTUP_DEADLINE,
 };
 
 const DOVECOT: &str = "/usr/sbin/dovecot";
@@ -144,7 +144,7 @@ impl Dovecot {
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {DOVECOT}: {e} (is dovecot-imapd installed?)"));
-        register_live(child.id(), SIGTERM);
+        register_live(child.id(), Stop::KillTree);
         self.child = Some(child);
 
         let ports = [
@@ -379,21 +379,14 @@ impl Dovecot {
         )
     }
 
-    /// Stops Dovecot (SIGTERM to the master, waits for it) and waits until the ports
-    /// refuse connections. Idempotent; also done on Drop.
+    /// Stops Dovecot: kills the master and all its processes at once (open sessions
+    /// are cut), then waits until every port refuses connections. Idempotent; also done
+    /// on Drop.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let t0 = Instant::now();
-        let graceful = stop_child(&mut child, SIGTERM);
-        eprintln!("DEBUG stop_child took {:?}", t0.elapsed());
-        if !graceful {
-            eprintln!(
-                "dovecot did not exit on SIGTERM; killed\n{}",
-                self.all_logs()
-            );
-        }
+        stop_child(&mut child, Stop::KillTree);
         for port in [
             self.imap_port,
             self.imaps_port,
@@ -402,7 +395,6 @@ impl Dovecot {
             self.lmtp_port,
         ] {
             wait_for_port_closed(port, "dovecot", || self.all_logs());
-            eprintln!("DEBUG port {port} closed at {:?}", t0.elapsed());
         }
     }
 }
@@ -412,7 +404,7 @@ impl Drop for Dovecot {
         if std::thread::panicking() {
             // Don't turn a failing test into an abort with a second panic.
             if let Some(mut child) = self.child.take() {
-                stop_child(&mut child, SIGTERM);
+                stop_child(&mut child, Stop::KillTree);
             }
         } else {
             self.stop();

@@ -94,13 +94,15 @@ mod ffi {
         pub fn geteuid() -> u32;
         pub fn kill(pid: i32, sig: i32) -> i32;
         pub fn atexit(cb: extern "C" fn()) -> i32;
+        pub fn prctl(option: i32, ...) -> i32;
+        pub fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
     }
 }
 
 pub(crate) const SIGINT: i32 = 2;
-pub(crate) const SIGQUIT: i32 = 3;
 pub(crate) const SIGKILL: i32 = 9;
 pub(crate) const SIGTERM: i32 = 15;
+pub(crate) const SIGSTOP: i32 = 19;
 
 pub(crate) fn is_root() -> bool {
     unsafe { ffi::geteuid() == 0 }
@@ -112,29 +114,118 @@ pub(crate) fn signal(pid: u32, sig: i32) {
     }
 }
 
-/// Peer processes still running, with the signal that stops them. An atexit hook signals
-/// whatever is left when the test binary exits, so peers kept in statics (never dropped)
-/// or leaked do not outlive the tests.
-static LIVE: Mutex<Option<HashMap<u32, i32>>> = Mutex::new(None);
+/// How a peer process is stopped.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Stop {
+    /// Send this signal to the process and wait for it to exit.
+    Signal(i32),
+    /// SIGKILL the process and all its descendants at once (Dovecot: its graceful
+    /// shutdown holds the listeners open for a fixed second).
+    KillTree,
+}
 
-extern "C" fn stop_leftovers() {
-    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(live) = live.as_ref() {
-        for (&pid, &sig) in live {
+/// Returns pids of killed descendants (to reap once the process itself is reaped).
+fn send_stop(pid: u32, how: Stop) -> Vec<u32> {
+    match how {
+        Stop::Signal(sig) => {
             signal(pid, sig);
+            Vec::new()
+        }
+        Stop::KillTree => kill_tree(pid),
+    }
+}
+
+/// Freezes `pid` (so it cannot fork any more), kills its descendants, then kills it.
+/// Returns the descendants' pids.
+fn kill_tree(pid: u32) -> Vec<u32> {
+    signal(pid, SIGSTOP);
+    // kill() only queues SIGSTOP: wait until the process is really stopped (or gone).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match process_state(pid) {
+            Some('T') | Some('t') | Some('Z') | Some('X') | None => break,
+            _ => std::thread::yield_now(),
+        }
+    }
+    let mut killed = Vec::new();
+    for child in children_of(pid) {
+        killed.extend(kill_tree(child));
+        killed.push(child);
+    }
+    signal(pid, SIGKILL);
+    killed
+}
+
+/// Reaps processes that were reparented to us (we are a child subreaper, see
+/// `register_live`) after their parent was killed, so they don't linger as zombies
+/// under a PID 1 that never reaps (containers). Bounded; ignores pids that are not ours.
+fn reap(pids: &[u32]) {
+    const WNOHANG: i32 = 1;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for &pid in pids {
+        loop {
+            let mut status = 0;
+            let r = unsafe { ffi::waitpid(pid as i32, &mut status, WNOHANG) };
+            if r != 0 || Instant::now() > deadline {
+                break; // reaped, or not our child (ECHILD), or giving up
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
 
-pub(crate) fn register_live(pid: u32, stop_signal: i32) {
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Direct children of `pid`, from /proc/<n>/stat.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&n| {
+            std::fs::read_to_string(format!("/proc/{n}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // "pid (comm) state ppid ...": comm may contain spaces and parens.
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Peer processes still running, with how to stop them. An atexit hook stops whatever
+/// is left when the test binary exits, so peers kept in statics (never dropped) or
+/// leaked do not outlive the tests.
+static LIVE: Mutex<Option<HashMap<u32, Stop>>> = Mutex::new(None);
+
+extern "C" fn stop_leftovers() {
+    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(live) = live.as_ref() {
+        for (&pid, &how) in live {
+            let _ = send_stop(pid, how);
+        }
+    }
+}
+
+pub(crate) fn register_live(pid: u32, how: Stop) {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| unsafe {
         ffi::atexit(stop_leftovers);
+        // Become the child subreaper: orphans of killed peers are reparented to us and
+        // reaped in `stop_child`, instead of piling up as zombies.
+        const PR_SET_CHILD_SUBREAPER: i32 = 36;
+        ffi::prctl(PR_SET_CHILD_SUBREAPER, 1 as std::ffi::c_ulong);
     });
     LIVE.lock()
         .unwrap_or_else(|e| e.into_inner())
         .get_or_insert_with(HashMap::new)
-        .insert(pid, stop_signal);
+        .insert(pid, how);
 }
 
 pub(crate) fn unregister_live(pid: u32) {
@@ -143,27 +234,29 @@ pub(crate) fn unregister_live(pid: u32) {
     }
 }
 
-/// Sends `sig` to `child` and waits for it to exit; escalates to SIGKILL after the
-/// deadline. Returns false when the escalation was needed.
-pub(crate) fn stop_child(child: &mut Child, sig: i32) -> bool {
+/// Stops `child` as `how` says and waits for it to exit; escalates to killing its whole
+/// tree after the deadline. Returns false when the escalation was needed.
+pub(crate) fn stop_child(child: &mut Child, how: Stop) -> bool {
+    let pid = child.id();
     if let Ok(Some(_)) = child.try_wait() {
-        unregister_live(child.id());
+        unregister_live(pid);
         return true;
     }
-    signal(child.id(), sig);
+    let mut descendants = send_stop(pid, how);
     let deadline = Instant::now() + STARTUP_DEADLINE;
     let graceful = loop {
         match child.try_wait() {
             Ok(Some(_)) => break true,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
             _ => {
-                let _ = child.kill();
+                descendants.extend(kill_tree(pid));
                 let _ = child.wait();
                 break false;
             }
         }
     };
-    unregister_live(child.id());
+    unregister_live(pid);
+    reap(&descendants);
     graceful
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     chmod, chown, free_port, is_root, read_lossy, register_live, run, stop_child, user_ids,
-    wait_for_port_closed, SIGINT, STARTUP_DEADLINE,
+    wait_for_port_closed, Stop, SIGINT, STARTUP_DEADLINE,
 };
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -140,7 +140,7 @@ impl Postgres {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {BIN}/postgres: {e}"));
-        register_live(child.id(), SIGINT);
+        register_live(child.id(), Stop::Signal(SIGINT));
         self.child = Some(child);
 
         let deadline = Instant::now() + STARTUP_DEADLINE;
@@ -235,7 +235,7 @@ impl Postgres {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        if !stop_child(&mut child, SIGINT) {
+        if !stop_child(&mut child, Stop::Signal(SIGINT)) {
             eprintln!("postgres did not exit on SIGINT; killed\n{}", self.log());
         }
         wait_for_port_closed(self.port, "postgres", || self.log());
@@ -246,7 +246,7 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         if std::thread::panicking() {
             if let Some(mut child) = self.child.take() {
-                stop_child(&mut child, SIGINT);
+                stop_child(&mut child, Stop::Signal(SIGINT));
             }
         } else {
             self.stop();
