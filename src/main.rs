@@ -132,10 +132,24 @@ fn main() -> ExitCode {
     match runtime.block_on(execute(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("postern: {error:#}");
+            eprintln!("postern: {}", one_sentence(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, skipping a cause whose text its parent already
+/// includes (most of postern's errors quote their source).
+fn one_sentence(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 async fn execute(cli: Cli) -> Result<ExitCode> {
@@ -183,7 +197,10 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("POSTERN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match config.log.format {
         config::LogFormat::Text => builder.init(),
         config::LogFormat::Json => builder.json().flatten_event(true).init(),

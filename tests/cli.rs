@@ -1,0 +1,378 @@
+//! The `postern` command line as admins use it: the real binary, a SQLite store in a temp
+//! dir, and the output formats other tools rely on.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::imap_client::ImapClient;
+
+/// A working directory holding a copy of the example config and a master password file,
+/// so relative paths resolve as they do in a fresh checkout.
+struct Workdir {
+    dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    fn new() -> Workdir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("config")).unwrap();
+        let example = std::fs::read_to_string(repo().join("config/postern.toml")).unwrap();
+        std::fs::write(dir.path().join("config/postern.toml"), example).unwrap();
+        std::fs::write(dir.path().join("config/master-password"), "secret\n").unwrap();
+        Workdir { dir }
+    }
+
+    /// Replaces one setting of the copied example config.
+    fn edit(&self, from: &str, to: &str) {
+        let path = self.path().join("config/postern.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "the example config has no {from:?}");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_postern"))
+            .args(args)
+            .current_dir(self.path())
+            .env_remove("POSTERN_CONFIG")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "postern {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Runs a command that must be refused: exit 1 and one sentence on stderr.
+    fn refused(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "postern {args:?} should be refused"
+        );
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "one sentence: {stderr}"
+        );
+        stderr
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_config_accepts_the_example_and_lists_every_problem() {
+    let work = Workdir::new();
+    assert_eq!(work.ok(&["check-config"]), "ok\n");
+
+    std::fs::remove_file(work.path().join("config/master-password")).unwrap();
+    let output = work.run(&["check-config"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("master-password does not exist"));
+
+    let broken = Workdir::new();
+    broken.edit(
+        "authenticated_idle_timeout = \"35m\"",
+        "authenticated_idle_timeout = \"5m\"",
+    );
+    broken.edit("max_line = 8192", "max_line = 10");
+    let output = broken.run(&["check-config"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr.contains("authenticated_idle_timeout") && stderr.contains("max_line"),
+        "{stderr}"
+    );
+
+    let output = work.run(&["--config", "config/nope.toml", "check-config"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("config/nope.toml"));
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    let work = Workdir::new();
+    assert_eq!(work.run(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(
+        work.run(&["app-password", "create", "x"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        work.run(&[
+            "app-password",
+            "create",
+            "x",
+            "--name",
+            "n",
+            "--scopes",
+            "pop3"
+        ])
+        .status
+        .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn users_are_added_listed_disabled_and_removed() {
+    let work = Workdir::new();
+    work.ok(&[
+        "user",
+        "add",
+        "Alice@Example.COM",
+        "--upstream-user",
+        "alice",
+    ]);
+    work.refused(&["user", "add", "alice@example.com"]);
+    let users = work.json(&["user", "list", "--json"]);
+    assert_eq!(users[0]["login"], "alice@example.com");
+    assert_eq!(users[0]["upstream_user"], "alice");
+    assert_eq!(users[0]["addresses"][0], "alice@example.com");
+
+    work.ok(&["user", "disable", "alice@example.com"]);
+    let shown = work.json(&["user", "show", "alice@example.com", "--json"]);
+    assert!(shown["disabled_at"].is_i64());
+    work.ok(&["user", "enable", "alice@example.com"]);
+    let shown = work.json(&["user", "show", "alice@example.com", "--json"]);
+    assert!(shown["disabled_at"].is_null());
+
+    work.ok(&["user", "remove", "alice@example.com"]);
+    let error = work.refused(&["user", "show", "alice@example.com"]);
+    assert!(error.contains("no such user"), "{error}");
+    assert_eq!(
+        work.json(&["user", "list", "--json"]),
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn app_passwords_are_shown_once_listed_without_secrets_and_revoked() {
+    let work = Workdir::new();
+    work.ok(&["user", "add", "bob@example.com"]);
+    let created = work.json(&[
+        "app-password",
+        "create",
+        "bob@example.com",
+        "--name",
+        "iPhone",
+        "--scopes",
+        "imap",
+        "--expires-in",
+        "30d",
+        "--json",
+    ]);
+    let password = created["password"].as_str().unwrap();
+    assert_eq!(password.len(), 19, "{password}");
+    assert!(password
+        .split(' ')
+        .all(|g| g.len() == 4 && g.chars().all(|c| c.is_ascii_lowercase())));
+    assert_eq!(created["login"], "bob@example.com");
+    assert_eq!(created["name"], "iPhone");
+    assert_eq!(created["scopes"], serde_json::json!(["imap"]));
+    let id = created["id"].as_i64().unwrap();
+
+    let text = work.ok(&[
+        "app-password",
+        "create",
+        "bob@example.com",
+        "--name",
+        "Outlook",
+    ]);
+    assert!(text.contains("shown only this once"), "{text}");
+
+    let listed = work.ok(&["app-password", "list", "bob@example.com", "--json"]);
+    assert!(!listed.contains(password) && !listed.contains("argon2") && !listed.contains("hash"));
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    let first = &listed[0];
+    for key in [
+        "id",
+        "name",
+        "scopes",
+        "created_at",
+        "last_used_at",
+        "last_used_ip",
+        "expires_at",
+        "revoked_at",
+    ] {
+        assert!(first.get(key).is_some(), "{key} missing from {first}");
+    }
+    assert!(first["expires_at"].is_string() && first["revoked_at"].is_null());
+
+    work.ok(&["app-password", "revoke", &id.to_string()]);
+    let listed = work.json(&["app-password", "list", "bob@example.com", "--json"]);
+    assert!(listed[0]["revoked_at"].is_string());
+    assert!(listed[1]["revoked_at"].is_null());
+    let all = work.ok(&["app-password", "revoke", "--all", "bob@example.com"]);
+    assert!(all.contains("revoked 1 app passwords"), "{all}");
+    work.refused(&["app-password", "revoke", "999"]);
+    work.refused(&["app-password", "list", "nobody@example.com"]);
+
+    let audit = work.json(&["audit", "--user", "bob@example.com", "--json"]);
+    let kinds: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "app_password_revoked",
+            "app_password_revoked",
+            "app_password_created",
+            "app_password_created"
+        ]
+    );
+    assert!(!work.ok(&["audit"]).is_empty());
+}
+
+#[test]
+fn the_live_app_password_limit_is_enforced() {
+    let work = Workdir::new();
+    let config = work.path().join("config/postern.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("max_app_passwords = 40", "max_app_passwords = 2");
+    std::fs::write(&config, text).unwrap();
+    work.ok(&["user", "add", "carol@example.com"]);
+    for name in ["one", "two"] {
+        work.ok(&[
+            "app-password",
+            "create",
+            "carol@example.com",
+            "--name",
+            name,
+        ]);
+    }
+    let error = work.refused(&[
+        "app-password",
+        "create",
+        "carol@example.com",
+        "--name",
+        "three",
+    ]);
+    assert!(
+        error.contains("already has 2 live app passwords"),
+        "{error}"
+    );
+    work.ok(&["app-password", "revoke", "--all", "carol@example.com"]);
+    work.ok(&[
+        "app-password",
+        "create",
+        "carol@example.com",
+        "--name",
+        "three",
+    ]);
+}
+
+/// GET `path` from the HTTP endpoint; `None` while nothing listens.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// `postern serve` from a fresh checkout's layout: creates the SQLite file and a
+/// development certificate that clients can pin, serves IMAP and health checks, and exits
+/// 0 on SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_starts_from_nothing_and_stops_cleanly_on_sigterm() {
+    let work = Workdir::new();
+    let (imaps, imap, http) = (
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+    );
+    work.edit("127.0.0.1:10993", &format!("127.0.0.1:{imaps}"));
+    work.edit("127.0.0.1:10143", &format!("127.0.0.1:{imap}"));
+    work.edit("127.0.0.1:9898", &format!("127.0.0.1:{http}"));
+    let mut server = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .arg("serve")
+        .current_dir(work.path())
+        .env_remove("POSTERN_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let health = loop {
+        if let Some(response) = http_get(http, "/healthz") {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "serve did not come up");
+        assert!(server.try_wait().unwrap().is_none(), "serve exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"),
+        "{health}"
+    );
+    assert!(http_get(http, "/readyz")
+        .unwrap()
+        .starts_with("HTTP/1.1 200"));
+    let metrics = http_get(http, "/metrics").unwrap();
+    assert!(
+        metrics.contains("postern_build_info{version=\""),
+        "{metrics}"
+    );
+    assert!(work.path().join("data/postern.db").is_file());
+
+    // The generated certificate is the one served: a client that pins it gets the greeting.
+    let cert = work.path().join("certs/postern.crt");
+    let (_client, greeting) =
+        ImapClient::connect_tls(format!("127.0.0.1:{imaps}").parse().unwrap(), &cert).await;
+    assert!(
+        greeting.starts_with("* OK [CAPABILITY IMAP4rev1"),
+        "{greeting}"
+    );
+
+    let status = Command::new("kill")
+        .arg(server.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = server.wait().unwrap();
+    let mut log = String::new();
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(status.success(), "exit {status:?}\n{log}");
+    assert!(
+        log.contains("generated a self-signed development certificate"),
+        "{log}"
+    );
+}
