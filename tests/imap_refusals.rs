@@ -290,3 +290,24 @@ async fn expiry_closes_the_session() {
     assert_eq!(reply, format!("a1 {REFUSED}"));
     postern.stop().await;
 }
+
+/// The same gateway on a PostgreSQL store: logins work, and a revocation made by the CLI
+/// in another process closes the live session.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_postgresql_store_revocation_reaches_live_sessions() {
+    let postgres = support::Postgres::start();
+    let options = Options {
+        store_url: Some(postgres.create_database("postern")),
+        ..Options::default()
+    };
+    let (_dovecot, postern) = setup(options).await;
+    let (id, password) = postern
+        .issue("alice@example.test", &[Scope::Imap], None)
+        .await;
+    let mut session = idling_session(&postern, &password).await;
+    cli_ok(&postern, &["app-password", "revoke", &id.to_string()]);
+    assert!(session.closed_within(Duration::from_secs(10)).await);
+    let (_, reply) = login(&postern, "alice@example.test", &password).await;
+    assert_eq!(reply, format!("a1 {REFUSED}"));
+    postern.stop().await;
+}
