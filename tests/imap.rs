@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use postern::store::Scope;
+use rustls::pki_types::pem::PemObject;
 use support::imap_client::ImapClient;
 use support::postern::{metric, Options, Postern};
 use support::Dovecot;
@@ -234,6 +235,71 @@ async fn the_password_is_accepted_however_it_is_retyped() {
     assert!(
         login.last().unwrap().starts_with("a1 OK [CAPABILITY"),
         "{login:?}"
+    );
+    postern.stop().await;
+}
+
+/// TLS 1.2 clients (older Outlook, printers) are served too.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_1_2_clients_are_served() {
+    let (_dovecot, postern, password, _) = setup(Options::default()).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&postern.ca_path).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(postern.imaps).await.unwrap();
+    let (mut client, greeting) = ImapClient::handshake(
+        tcp,
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+    )
+    .await;
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    let reply = client
+        .command("a1", &format!("LOGIN alice@example.test \"{password}\""))
+        .await;
+    assert!(reply.last().unwrap().starts_with("a1 OK"), "{reply:?}");
+    postern.stop().await;
+}
+
+/// A client that connects and never starts its TLS handshake holds only its own task:
+/// others are greeted meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_client_does_not_stall_the_listener() {
+    let (_dovecot, postern, _, _) = setup(Options::default()).await;
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(postern.imaps).await.unwrap());
+    }
+    let (_client, greeting) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    postern.stop().await;
+}
+
+/// Dovecot sees the real client's address (sent in ID as x-originating-ip), not
+/// postern's, so its logs and penalties apply to the right host.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upstream_sees_the_clients_address() {
+    let (dovecot, postern, password, _) = setup(Options::default()).await;
+    let from: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let (mut client, _) = ImapClient::connect_tls_from(from, postern.imaps, &postern.ca_path).await;
+    let reply = client
+        .command("a1", &format!("LOGIN alice@example.test \"{password}\""))
+        .await;
+    assert!(reply.last().unwrap().starts_with("a1 OK"), "{reply:?}");
+    client.command("a2", "LOGOUT").await;
+    assert!(client.closed_within(Duration::from_secs(10)).await);
+    let log = dovecot.all_logs();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("Login: user=<alice>") && l.contains("rip=127.0.0.2")),
+        "Dovecot should log the client's address:\n{log}"
     );
     postern.stop().await;
 }

@@ -252,7 +252,12 @@ async fn run(
 /// The TLS handshake with the client, under the configured timeout.
 async fn handshake(gateway: &Gateway, tcp: TcpStream) -> Result<Stream, &'static str> {
     let acceptor = TlsAcceptor::from(gateway.server_tls.clone());
-    match tokio::time::timeout(gateway.limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
+    let accept = tokio::time::timeout(gateway.limits.tls_handshake_timeout, acceptor.accept(tcp));
+    let result = tokio::select! {
+        result = accept => result,
+        () = gateway.shutdown.cancelled() => return Err("shutdown during TLS handshake"),
+    };
+    match result {
         Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls.into()))),
         Ok(Err(error)) => {
             tracing::debug!(%error, "TLS handshake failed");

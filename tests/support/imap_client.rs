@@ -42,7 +42,27 @@ impl ImapClient {
     /// Connects with implicit TLS and reads the greeting.
     pub async fn connect_tls(address: SocketAddr, ca_path: &Path) -> (ImapClient, String) {
         let tcp = TcpStream::connect(address).await.expect("connect");
-        let tls = connector(ca_path)
+        Self::handshake(tcp, connector(ca_path)).await
+    }
+
+    /// Like `connect_tls`, from the local address `from` (any of 127.0.0.0/8), so the
+    /// client's address differs from postern's.
+    pub async fn connect_tls_from(
+        from: std::net::IpAddr,
+        address: SocketAddr,
+        ca_path: &Path,
+    ) -> (ImapClient, String) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .expect("bind client address");
+        let tcp = socket.connect(address).await.expect("connect");
+        Self::handshake(tcp, connector(ca_path)).await
+    }
+
+    /// The TLS handshake with `connector`, then the greeting.
+    pub async fn handshake(tcp: TcpStream, connector: TlsConnector) -> (ImapClient, String) {
+        let tls = connector
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .expect("TLS handshake with postern");
