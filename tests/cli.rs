@@ -317,10 +317,26 @@ async fn serve_starts_from_nothing_and_stops_cleanly_on_sigterm() {
     work.edit("127.0.0.1:10993", &format!("127.0.0.1:{imaps}"));
     work.edit("127.0.0.1:10143", &format!("127.0.0.1:{imap}"));
     work.edit("127.0.0.1:9898", &format!("127.0.0.1:{http}"));
+    // Nothing listens upstream: logins get as far as the upstream connect.
+    work.edit(
+        "address = \"127.0.0.1:993\"",
+        &format!("address = \"127.0.0.1:{}\"", support::free_port()),
+    );
+    work.ok(&["user", "add", "dave@example.com"]);
+    let created = work.json(&[
+        "app-password",
+        "create",
+        "dave@example.com",
+        "--name",
+        "x",
+        "--json",
+    ]);
+    let password = created["password"].as_str().unwrap().to_string();
     let mut server = Command::new(env!("CARGO_BIN_EXE_postern"))
         .arg("serve")
         .current_dir(work.path())
         .env_remove("POSTERN_CONFIG")
+        .env("POSTERN_LOG", "trace")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -350,12 +366,32 @@ async fn serve_starts_from_nothing_and_stops_cleanly_on_sigterm() {
 
     // The generated certificate is the one served: a client that pins it gets the greeting.
     let cert = work.path().join("certs/postern.crt");
-    let (_client, greeting) =
+    let (mut client, greeting) =
         ImapClient::connect_tls(format!("127.0.0.1:{imaps}").parse().unwrap(), &cert).await;
     assert!(
         greeting.starts_with("* OK [CAPABILITY IMAP4rev1"),
         "{greeting}"
     );
+
+    // Logins with the right and a wrong password, both ways of sending them.
+    let wrong = "wxyz wxyz wxyz wxyz";
+    for (tag, secret) in [("a1", password.as_str()), ("a2", wrong)] {
+        let reply = client
+            .command(tag, &format!("LOGIN dave@example.com \"{secret}\""))
+            .await;
+        assert!(
+            reply.last().unwrap().starts_with(&format!("{tag} NO")),
+            "{reply:?}"
+        );
+    }
+    let plain = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("\0dave@example.com\0{password}"),
+    );
+    let reply = client
+        .command("a3", &format!("AUTHENTICATE PLAIN {plain}"))
+        .await;
+    assert!(reply.last().unwrap().starts_with("a3 NO"), "{reply:?}");
 
     let status = Command::new("kill")
         .arg(server.id().to_string())
@@ -375,4 +411,15 @@ async fn serve_starts_from_nothing_and_stops_cleanly_on_sigterm() {
         log.contains("generated a self-signed development certificate"),
         "{log}"
     );
+    // Trace level logs everything postern and its libraries say: no secret is in it.
+    assert!(log.contains("upstream login failed"), "{log}");
+    for secret in [
+        password.clone(),
+        password.replace(' ', ""),
+        wrong.to_string(),
+        wrong.replace(' ', ""),
+        plain,
+    ] {
+        assert!(!log.contains(&secret), "a credential reached the log");
+    }
 }
