@@ -275,37 +275,86 @@ fn dovecot_imaps_with_test_ca_and_id_logging() {
     assert!(log.contains("TLS"), "{log}");
 }
 
+/// Reads one (possibly multi-line) SMTP reply.
+fn smtp_reply(s: &mut BufReader<TcpStream>) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        s.read_line(&mut line).expect("read SMTP reply");
+        assert!(
+            !line.is_empty(),
+            "SMTP server closed the connection after {all:?}"
+        );
+        all.push_str(&line);
+        if line.len() < 4 || line.as_bytes()[3] != b'-' {
+            return all;
+        }
+    }
+}
+
+fn smtp(
+    s: &mut BufReader<TcpStream>,
+    command: &str,
+    expect: &str,
+    log: impl Fn() -> String,
+) -> String {
+    s.get_mut()
+        .write_all(format!("{command}\r\n").as_bytes())
+        .unwrap();
+    let reply = smtp_reply(s);
+    assert!(
+        reply.starts_with(expect),
+        "{command:?} -> {reply:?}\n{}",
+        log()
+    );
+    reply
+}
+
 #[test]
-fn dovecot_submission_accepts_auth() {
+fn dovecot_submission_auth_and_relay_delivery() {
     let dovecot = Dovecot::start();
     dovecot.add_user("alice", "secret");
+    dovecot.add_user("bob@example.org", "pw");
+    let log = || dovecot.all_logs();
+
     let mut s = BufReader::new(connect(dovecot.submission_port));
-    let reply = |s: &mut BufReader<TcpStream>| -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            s.read_line(&mut line).unwrap();
-            all.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return all;
-            }
-        }
-    };
-    assert!(reply(&mut s).starts_with("220"));
-    s.get_mut().write_all(b"EHLO test\r\n").unwrap();
-    let ehlo = reply(&mut s);
+    assert!(smtp_reply(&mut s).starts_with("220"));
+    let ehlo = smtp(&mut s, "EHLO test", "250", log);
     assert!(ehlo.contains("STARTTLS") && ehlo.contains("AUTH"), "{ehlo}");
-    let ir = base64::engine::general_purpose::STANDARD.encode("\0alice\0secret");
-    s.get_mut()
-        .write_all(format!("AUTH PLAIN {ir}\r\n").as_bytes())
-        .unwrap();
-    let auth = reply(&mut s);
-    assert!(auth.starts_with("235"), "{auth}\n{}", dovecot.log());
+    let bad = base64::engine::general_purpose::STANDARD.encode("\0alice\0wrong");
+    smtp(&mut s, &format!("AUTH PLAIN {bad}"), "535", log);
+    let ir = base64::engine::general_purpose::STANDARD.encode(format!(
+        "alice\0{}\0{}",
+        dovecot.master_user, dovecot.master_password
+    ));
+    smtp(&mut s, &format!("AUTH PLAIN {ir}"), "235", log);
+    smtp(&mut s, "MAIL FROM:<alice@example.org>", "250", log);
+    smtp(&mut s, "RCPT TO:<alice@example.org>", "250", log);
+    smtp(&mut s, "RCPT TO:<bob@example.org>", "250", log);
+    smtp(&mut s, "RCPT TO:<nobody@example.org>", "550", log);
+    smtp(&mut s, "DATA", "354", log);
+    smtp(
+        &mut s,
+        "From: alice@example.org\r\nSubject: via submission\r\n\r\n..dot-stuffed line\r\n.",
+        "250",
+        log,
+    );
+    smtp(&mut s, "QUIT", "221", log);
+
+    for (user, password) in [("alice", "secret"), ("bob@example.org", "pw")] {
+        let mut c = imap(dovecot.imap_port);
+        c.ok(&format!("LOGIN {user} {password}"));
+        let select = c.ok("SELECT INBOX");
+        assert!(select.contains("* 1 EXISTS"), "{user}: {select}\n{}", log());
+        let fetch = c.ok("FETCH 1 BODY.PEEK[]");
+        assert!(fetch.contains("Subject: via submission"), "{fetch}");
+        assert!(fetch.contains("\r\n.dot-stuffed line\r\n"), "{fetch}");
+    }
 
     // Implicit-TLS submissions and LMTP listen too.
     assert!(support::port_open(dovecot.submissions_port));
     let mut lmtp = BufReader::new(connect(dovecot.lmtp_port));
-    assert!(reply(&mut lmtp).starts_with("220"));
+    assert!(smtp_reply(&mut lmtp).starts_with("220"));
 }
 
 #[test]

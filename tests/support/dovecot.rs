@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::distributions::{Alphanumeric, DistString};
 
+use super::smtp_relay::SmtpRelay;
 use super::{
     chmod, chown, current_user_and_group, free_port, is_root, port_open, read_lossy, register_live,
     stop_child, user_ids, wait_for_port_closed, Stop, TestCa, STARTUP_DEADLINE,
@@ -32,8 +33,11 @@ pub struct Dovecot {
     pub master_password: String,
     /// The temp dir holding config, logs, passwd files and mail.
     pub dir: PathBuf,
-    /// Port that `submission_relay_host` points at (nothing listens there for now).
+    /// Port of the in-process SMTP relay that submission relays to (127.0.0.1); it
+    /// delivers into the recipients' Maildirs (see `smtp_relay.rs`), logging to
+    /// `<dir>/relay.log`.
     pub relay_port: u16,
+    relay: SmtpRelay,
     child: Option<Child>,
     /// (uid, gid) that mail files must belong to when we are root; None otherwise.
     mail_owner: Option<(u32, u32)>,
@@ -83,6 +87,14 @@ impl Dovecot {
         fs::create_dir(dir.join("mail")).expect("mkdir mail");
         chown(&dir.join("mail"), mail_owner);
 
+        fs::create_dir(dir.join("passwd.d")).expect("mkdir passwd.d");
+        let relay = SmtpRelay::start(
+            dir.join("passwd.d"),
+            dir.join("mail"),
+            mail_owner,
+            dir.join("relay.log"),
+        );
+
         let master_user = "proxy".to_string();
         let master_password = Alphanumeric.sample_string(&mut rand::thread_rng(), 24);
         write_file(
@@ -101,13 +113,13 @@ impl Dovecot {
             master_user,
             master_password,
             dir,
-            relay_port: 0,
+            relay_port: relay.port,
+            relay,
             child: None,
             mail_owner,
             users_generation: AtomicU64::new(0),
             _tmp: tmp,
         };
-        fs::create_dir(dovecot.dir.join("passwd.d")).expect("mkdir passwd.d");
 
         // Ports are picked as free then released; another process may grab one in
         // between, so retry a few times on EADDRINUSE.
@@ -117,7 +129,6 @@ impl Dovecot {
             dovecot.submission_port = free_port();
             dovecot.submissions_port = free_port();
             dovecot.lmtp_port = free_port();
-            dovecot.relay_port = free_port();
             let conf = dovecot.config(&identity, &cert, &key);
             write_file(&dovecot.dir.join("dovecot.conf"), conf.as_bytes());
             match dovecot.spawn() {
@@ -144,7 +155,7 @@ impl Dovecot {
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {DOVECOT}: {e} (is dovecot-imapd installed?)"));
-        register_live(child.id(), Stop::KillTree);
+        register_live(child.id(), Stop::KillTree, &self.dir);
         self.child = Some(child);
 
         let ports = [
@@ -154,33 +165,37 @@ impl Dovecot {
             self.submissions_port,
             self.lmtp_port,
         ];
+        // Ready = the master logged "starting up" (it does so only after binding every
+        // listener, so the ports are ours and not another process's) and each port
+        // accepts connections.
         let deadline = Instant::now() + STARTUP_DEADLINE;
-        for port in ports {
-            loop {
-                if port_open(port) {
-                    break;
-                }
-                let exited = self.child.as_mut().unwrap().try_wait().ok().flatten();
-                if let Some(status) = exited {
-                    let pid = self.child.take().unwrap().id();
-                    super::unregister_live(pid);
-                    return Err(format!(
-                        "dovecot exited ({status}) during startup\n{}",
-                        self.all_logs()
-                    ));
-                }
-                if Instant::now() > deadline {
-                    let log = self.all_logs();
-                    self.stop();
-                    panic!(
-                        "dovecot: nothing accepted connections on 127.0.0.1:{port} within \
-                         {STARTUP_DEADLINE:?}\n{log}"
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(10));
+        let mut pending: Vec<u16> = ports.to_vec();
+        loop {
+            let exited = self.child.as_mut().unwrap().try_wait().ok().flatten();
+            if let Some(status) = exited {
+                let pid = self.child.take().unwrap().id();
+                super::unregister_live(pid);
+                return Err(format!(
+                    "dovecot exited ({status}) during startup\n{}",
+                    self.all_logs()
+                ));
             }
+            if self.log().contains("starting up for") {
+                pending.retain(|&port| !port_open(port));
+                if pending.is_empty() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                let log = self.all_logs();
+                self.stop();
+                panic!(
+                    "dovecot not ready within {STARTUP_DEADLINE:?} (ports not accepting \
+                     connections: {pending:?})\n{log}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
-        Ok(())
     }
 
     fn config(&self, id: &Identity, cert: &Path, key: &Path) -> String {
@@ -253,9 +268,8 @@ impl Dovecot {
             self.lmtp_port
         ));
         // No auth penalty (2 s, 4 s, ... delays per IP after failed logins, which Dovecot
-        // 2.3 applies even to login_trusted_networks): without its anvil socket the auth
-        // process disables it, logging one "net_connect_unix(anvil-auth-penalty) failed"
-        // error at the first authentication.
+        // 2.3.19 applies even to login_trusted_networks): without its anvil socket the
+        // auth process silently disables it.
         line(&format!(
             "service anvil {{\n{chroot}  unix_listener anvil-auth-penalty {{\n    mode = 0\n  }}\n}}"
         ));
@@ -322,39 +336,8 @@ impl Dovecot {
     /// Drops `raw_message` into the user's Maildir/new under a unique name, owned by the
     /// mail user. The next SELECT (or NOOP on a selected INBOX) sees it.
     pub fn deliver(&self, user: &str, raw_message: &[u8]) {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let maildir = self.maildir(user);
-        let mut dirs = vec![self.dir.join("mail").join(user), maildir.clone()];
-        dirs.extend(["cur", "new", "tmp"].map(|d| maildir.join(d)));
-        for d in &dirs {
-            match fs::create_dir(d) {
-                Ok(()) => {
-                    chmod(d, 0o700);
-                    chown(d, self.mail_owner);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => panic!("Dovecot::deliver: mkdir {}: {e}", d.display()),
-            }
-        }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-        let name = format!(
-            "{}.M{}P{}Q{}.postern-test,S={}",
-            now.as_secs(),
-            now.subsec_micros(),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst),
-            raw_message.len()
-        );
-        let tmp = maildir.join("tmp").join(&name);
-        let mut f = File::create(&tmp)
-            .unwrap_or_else(|e| panic!("Dovecot::deliver: create {}: {e}", tmp.display()));
-        f.write_all(raw_message).expect("write message");
-        drop(f);
-        chmod(&tmp, 0o600);
-        chown(&tmp, self.mail_owner);
-        let new = maildir.join("new").join(&name);
-        fs::rename(&tmp, &new)
-            .unwrap_or_else(|e| panic!("Dovecot::deliver: rename to {}: {e}", new.display()));
+        deliver_to_maildir(&self.dir.join("mail"), self.mail_owner, user, raw_message)
+            .unwrap_or_else(|e| panic!("Dovecot::deliver to {user}: {e}"));
     }
 
     fn log_path(&self) -> PathBuf {
@@ -370,12 +353,14 @@ impl Dovecot {
         read_lossy(&self.log_path())
     }
 
-    /// Log file plus whatever the master wrote to stderr before its log was set up.
+    /// Log file, whatever the master wrote to stderr before its log was set up, and the
+    /// SMTP relay's log.
     pub fn all_logs(&self) -> String {
         format!(
-            "--- dovecot.log ---\n{}\n--- dovecot stderr ---\n{}",
+            "--- dovecot.log ---\n{}\n--- dovecot stderr ---\n{}\n--- relay.log ---\n{}",
             self.log(),
-            read_lossy(&self.stderr_path())
+            read_lossy(&self.stderr_path()),
+            read_lossy(&self.dir.join("relay.log"))
         )
     }
 
@@ -423,4 +408,51 @@ struct Identity {
 fn write_file(path: &Path, content: &[u8]) {
     fs::write(path, content).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     chmod(path, 0o644);
+}
+
+/// Writes a message into `<mail_root>/<user>/Maildir/new` the Maildir way (tmp/, then
+/// rename), creating the Maildir if needed; files and dirs belong to `owner` if given.
+pub(crate) fn deliver_to_maildir(
+    mail_root: &Path,
+    owner: Option<(u32, u32)>,
+    user: &str,
+    raw_message: &[u8],
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{chown, DirBuilderExt, OpenOptionsExt};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let maildir = mail_root.join(user).join("Maildir");
+    let mut dirs = vec![mail_root.join(user), maildir.clone()];
+    dirs.extend(["cur", "new", "tmp"].map(|d| maildir.join(d)));
+    for d in &dirs {
+        match fs::DirBuilder::new().mode(0o700).create(d) {
+            Ok(()) => {
+                if let Some((uid, gid)) = owner {
+                    chown(d, Some(uid), Some(gid))?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let name = format!(
+        "{}.M{}P{}Q{}.postern-test,S={}",
+        now.as_secs(),
+        now.subsec_micros(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst),
+        raw_message.len()
+    );
+    let tmp = maildir.join("tmp").join(&name);
+    let mut f = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(raw_message)?;
+    drop(f);
+    if let Some((uid, gid)) = owner {
+        chown(&tmp, Some(uid), Some(gid))?;
+    }
+    fs::rename(&tmp, maildir.join("new").join(&name))
 }

@@ -14,6 +14,7 @@ pub mod dovecot;
 pub mod imap_client;
 pub mod postern;
 pub mod postgres;
+mod smtp_relay;
 
 pub use certs::TestCa;
 pub use dovecot::Dovecot;
@@ -21,7 +22,7 @@ pub use postgres::Postgres;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
@@ -199,21 +200,35 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Peer processes still running, with how to stop them. An atexit hook stops whatever
-/// is left when the test binary exits, so peers kept in statics (never dropped) or
-/// leaked do not outlive the tests.
-static LIVE: Mutex<Option<HashMap<u32, Stop>>> = Mutex::new(None);
+/// Peer processes still running: how to stop them and their temp dir. An atexit hook
+/// stops whatever is left when the test binary exits and removes its dir, so peers kept
+/// in statics (never dropped) or leaked do not outlive the tests.
+static LIVE: Mutex<Option<HashMap<u32, (Stop, PathBuf)>>> = Mutex::new(None);
 
 extern "C" fn stop_leftovers() {
+    const WNOHANG: i32 = 1;
     let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(live) = live.as_ref() {
-        for (&pid, &how) in live {
-            let _ = send_stop(pid, how);
+    let Some(live) = live.as_ref() else { return };
+    for (&pid, (how, _)) in live {
+        let _ = send_stop(pid, *how);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (&pid, (_, dir)) in live {
+        loop {
+            let mut status = 0;
+            if unsafe { ffi::waitpid(pid as i32, &mut status, WNOHANG) } != 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                kill_tree(pid);
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
-pub(crate) fn register_live(pid: u32, how: Stop) {
+pub(crate) fn register_live(pid: u32, how: Stop, dir: &Path) {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| unsafe {
         ffi::atexit(stop_leftovers);
@@ -225,7 +240,7 @@ pub(crate) fn register_live(pid: u32, how: Stop) {
     LIVE.lock()
         .unwrap_or_else(|e| e.into_inner())
         .get_or_insert_with(HashMap::new)
-        .insert(pid, how);
+        .insert(pid, (how, dir.to_path_buf()));
 }
 
 pub(crate) fn unregister_live(pid: u32) {

@@ -140,7 +140,7 @@ impl Postgres {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {BIN}/postgres: {e}"));
-        register_live(child.id(), Stop::Signal(SIGINT));
+        register_live(child.id(), Stop::Signal(SIGINT), &self.dir);
         self.child = Some(child);
 
         let deadline = Instant::now() + STARTUP_DEADLINE;
@@ -172,7 +172,9 @@ impl Postgres {
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(false);
-            if ready {
+            // pg_isready alone could be answered by another process's server that took
+            // the port; our own log says when *this* server is ready.
+            if ready && self.log().contains("ready to accept connections") {
                 return Ok(());
             }
             if Instant::now() > deadline {
