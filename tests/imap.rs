@@ -303,3 +303,48 @@ async fn the_upstream_sees_the_clients_address() {
     );
     postern.stop().await;
 }
+
+/// After login, COMPRESS=DEFLATE is negotiated with the upstream and the compressed
+/// stream passes through postern untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn compress_deflate_passes_through() {
+    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+
+    let (_dovecot, postern, password, _) = setup(Options::default()).await;
+    let (mut client, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    let login = client
+        .command("a1", &format!("LOGIN alice@example.test \"{password}\""))
+        .await;
+    assert!(
+        login.last().unwrap().contains("COMPRESS=DEFLATE"),
+        "{login:?}"
+    );
+    let reply = client.command("a2", "COMPRESS DEFLATE").await;
+    assert!(reply.last().unwrap().starts_with("a2 OK"), "{reply:?}");
+
+    // From here on both directions are raw deflate streams (RFC 4978).
+    let mut deflate = Compress::new(Compression::default(), false);
+    let mut inflate = Decompress::new(false);
+    let mut compressed = Vec::with_capacity(1024);
+    deflate
+        .compress_vec(
+            b"a3 SELECT INBOX\r\na4 FETCH 1 BODY[TEXT]\r\na5 LOGOUT\r\n",
+            &mut compressed,
+            FlushCompress::Sync,
+        )
+        .unwrap();
+    client.send(&compressed).await;
+    let mut text = Vec::new();
+    while let Some(bytes) = client.read_raw().await {
+        let mut out = Vec::with_capacity(64 * 1024);
+        inflate
+            .decompress_vec(&bytes, &mut out, FlushDecompress::Sync)
+            .unwrap();
+        text.extend_from_slice(&out);
+    }
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("* 1 EXISTS"), "{text}");
+    assert!(text.contains("The numbers are in."), "{text}");
+    assert!(text.contains("a5 OK"), "{text}");
+    postern.stop().await;
+}

@@ -237,7 +237,12 @@ impl Dovecot {
         line(&format!("first_valid_gid = {}", id.mail_gid.min(1)));
         line("submission_relay_host = 127.0.0.1");
         line(&format!("submission_relay_port = {}", self.relay_port));
-        line("protocol imap {\n  mail_max_userip_connections = 1000\n}");
+        // zlib + imap_zlib: COMPRESS=DEFLATE, which clients negotiate through postern.
+        line("mail_plugins = $mail_plugins zlib");
+        line(
+            "protocol imap {\n  mail_max_userip_connections = 1000\n  \
+             mail_plugins = $mail_plugins imap_zlib\n}",
+        );
         line(&format!(
             "passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {dir}/masters\n  \
              master = yes\n  pass = yes\n}}"

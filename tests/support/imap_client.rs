@@ -177,6 +177,19 @@ impl ImapClient {
         }
     }
 
+    /// Raw bytes as they arrive (buffered ones first); `None` once the connection closed.
+    pub async fn read_raw(&mut self) -> Option<Vec<u8>> {
+        if !self.buffer.is_empty() {
+            return Some(std::mem::take(&mut self.buffer));
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout(REPLY_DEADLINE, self.stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => None,
+            Ok(Ok(n)) => Some(chunk[..n].to_vec()),
+            Err(_) => panic!("no bytes within {REPLY_DEADLINE:?}"),
+        }
+    }
+
     /// Waits until postern closes the connection; false if it stays open past `deadline`.
     pub async fn closed_within(&mut self, deadline: Duration) -> bool {
         tokio::time::timeout(deadline, async {
