@@ -55,6 +55,73 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// SMTP submission: greeting name, message limits, sending quotas.
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// The name in postern's SMTP greeting and EHLO reply, and its EHLO to the upstream.
+    #[serde(default = "default_smtp_hostname")]
+    pub hostname: String,
+    /// Largest message accepted when the upstream announces no SIZE; when it does, its
+    /// limit is advertised and enforced instead.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: u64,
+    /// Largest header block; it is held in memory while From: and Sender: are checked.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Messages one app password may send per hour; 0 = unlimited. Counted per instance.
+    #[serde(default = "default_messages_per_hour")]
+    pub messages_per_hour: u32,
+    /// Recipients one app password may address per hour; 0 = unlimited. Per instance.
+    #[serde(default = "default_recipients_per_hour")]
+    pub recipients_per_hour: u32,
+    /// A logged-in SMTP client silent this long is disconnected (RFC 5321 asks ≥ 5 min).
+    #[serde(default = "default_smtp_idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
+    /// How long the upstream's EHLO capabilities (SIZE, SMTPUTF8, DSN) are reused before
+    /// postern asks again.
+    #[serde(default = "default_capabilities_refresh", with = "duration")]
+    pub capabilities_refresh: Duration,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            hostname: default_smtp_hostname(),
+            max_message_size: default_max_message_size(),
+            max_header_bytes: default_max_header_bytes(),
+            messages_per_hour: default_messages_per_hour(),
+            recipients_per_hour: default_recipients_per_hour(),
+            idle_timeout: default_smtp_idle_timeout(),
+            capabilities_refresh: default_capabilities_refresh(),
+        }
+    }
+}
+
+fn default_smtp_hostname() -> String {
+    "localhost".into()
+}
+fn default_max_message_size() -> u64 {
+    50 * 1024 * 1024
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_messages_per_hour() -> u32 {
+    300
+}
+fn default_recipients_per_hour() -> u32 {
+    1500
+}
+fn default_smtp_idle_timeout() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+fn default_capabilities_refresh() -> Duration {
+    Duration::from_secs(5 * 60)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -451,12 +518,6 @@ impl Config {
                     listener.name
                 ));
             }
-            if listener.protocol == Protocol::Smtp {
-                problems.push(format!(
-                    "listener {:?}: the smtp protocol is not supported yet",
-                    listener.name
-                ));
-            }
             let upstream = match listener.protocol {
                 Protocol::Imap => &self.upstream.imap,
                 Protocol::Smtp => &self.upstream.smtp,
@@ -502,6 +563,21 @@ impl Config {
                 "[limits] authenticated_idle_timeout must be at least 31m (IMAP clients re-issue IDLE every 29 minutes)"
                     .to_string(),
             );
+        }
+        if self.smtp.hostname.is_empty()
+            || !self
+                .smtp
+                .hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            problems.push(format!(
+                "[smtp] hostname {:?} must be a host name",
+                self.smtp.hostname
+            ));
+        }
+        if self.smtp.max_header_bytes < 1024 {
+            problems.push("[smtp] max_header_bytes must be at least 1024".to_string());
         }
         if self.limits.max_line < 1024 {
             problems.push("[limits] max_line must be at least 1024".to_string());

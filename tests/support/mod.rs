@@ -14,7 +14,8 @@ pub mod dovecot;
 pub mod imap_client;
 pub mod postern;
 pub mod postgres;
-mod smtp_relay;
+pub mod smtp_client;
+pub mod smtp_relay;
 
 pub use certs::TestCa;
 pub use dovecot::Dovecot;

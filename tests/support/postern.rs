@@ -54,6 +54,10 @@ pub struct Postern {
     pub imaps: SocketAddr,
     /// STARTTLS IMAP listener.
     pub imap: SocketAddr,
+    /// Implicit-TLS SMTP submission listener (465-style).
+    pub smtps: SocketAddr,
+    /// STARTTLS SMTP submission listener (587-style).
+    pub submission: SocketAddr,
     /// /metrics, /healthz, /readyz.
     pub http: SocketAddr,
     /// The CA that issued postern's certificate (for "localhost").
@@ -95,6 +99,10 @@ impl Postern {
             "implicit" => dovecot.imaps_port,
             _ => dovecot.imap_port,
         });
+        let smtp_upstream_port = options.upstream_port.unwrap_or(match options.upstream_tls {
+            "implicit" => dovecot.submissions_port,
+            _ => dovecot.submission_port,
+        });
         let text = format!(
             r#"
 [store]
@@ -115,6 +123,27 @@ name = "imap"
 protocol = "imap"
 bind = "127.0.0.1:0"
 tls = "starttls"
+
+[[listener]]
+name = "smtps"
+protocol = "smtp"
+bind = "127.0.0.1:0"
+tls = "implicit"
+
+[[listener]]
+name = "submission"
+protocol = "smtp"
+bind = "127.0.0.1:0"
+tls = "starttls"
+
+[upstream.smtp]
+address = "127.0.0.1:{smtp_upstream_port}"
+tls = "{upstream_tls}"
+server_name = "localhost"
+ca_file = "{ca_file}"
+auth = "{upstream_auth}"
+master_user = "{master_user}"
+master_password_file = "{master_password_file}"
 
 [upstream.imap]
 address = "127.0.0.1:{upstream_port}"
@@ -158,6 +187,8 @@ change_poll_interval = "100ms"
         }
         let imaps = listeners[0].1.local_addr().unwrap();
         let imap = listeners[1].1.local_addr().unwrap();
+        let smtps = listeners[2].1.local_addr().unwrap();
+        let submission = listeners[3].1.local_addr().unwrap();
         let http_socket = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
         let http = http_socket.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -172,6 +203,8 @@ change_poll_interval = "100ms"
         Postern {
             imaps,
             imap,
+            smtps,
+            submission,
             http,
             ca_path: ca.ca_path.clone(),
             config_path,

@@ -3,7 +3,8 @@
 //! recipients' Maildirs, so mail sent through submission shows up over IMAP.
 //!
 //! A recipient `local@domain` is the Dovecot user `local@domain` if that user exists,
-//! else the user `local`; unknown recipients are refused with 550.
+//! else the user `local`; unknown recipients are refused with 550, and a message carrying
+//! [`REJECT_MARKER`] is refused with 554 after DATA.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -11,6 +12,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+/// A message containing this header line is refused with 554 after DATA.
+pub const REJECT_MARKER: &[u8] = b"X-Test-Reject: yes";
 
 pub(crate) struct SmtpRelay {
     pub port: u16,
@@ -186,6 +190,17 @@ fn session(stream: TcpStream, target: &Target) -> std::io::Result<()> {
                     &line[..]
                 };
                 message.extend_from_slice(body);
+            }
+            // A test asks for a rejection after DATA with this header.
+            if message
+                .windows(REJECT_MARKER.len())
+                .any(|w| w.eq_ignore_ascii_case(REJECT_MARKER))
+            {
+                target.log("rejected a message carrying the reject marker");
+                from = None;
+                rcpts.clear();
+                reply("554 5.6.0 Message rejected by the test relay\r\n")?;
+                continue;
             }
             let mut failed = None;
             for (addr, user) in &rcpts {
