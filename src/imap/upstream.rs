@@ -248,12 +248,16 @@ fn parse_greeting(line: &str) -> Option<Greeting> {
 
 /// The capabilities in a `[CAPABILITY …]` response code at the start of `text`.
 fn capability_code(text: &str) -> Option<String> {
-    let prefix = text.get(..12)?;
-    if !prefix.eq_ignore_ascii_case("[CAPABILITY ") {
-        return None;
-    }
-    let end = text.find(']')?;
-    Some(text[12..end].to_string())
+    let rest = strip_prefix_ignore_case(text, "[CAPABILITY ")?;
+    let end = rest.find(']')?;
+    Some(rest[..end].to_string())
+}
+
+/// `text` without `prefix`, compared ASCII-case-insensitively; never splits a character.
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
 }
 
 /// A bounded line-oriented conversation with the upstream.
@@ -307,9 +311,9 @@ impl Conversation {
         loop {
             let line = self.read_line(phase).await?;
             if let Some(rest) = line.strip_prefix("* ") {
-                if rest.len() > 11 && rest[..11].eq_ignore_ascii_case("CAPABILITY ") {
-                    untagged_capabilities = Some(rest[11..].to_string());
-                } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("BYE") {
+                if let Some(capabilities) = strip_prefix_ignore_case(rest, "CAPABILITY ") {
+                    untagged_capabilities = Some(capabilities.to_string());
+                } else if strip_prefix_ignore_case(rest, "BYE").is_some() {
                     return Err(UpstreamError::Closed(phase));
                 }
                 continue;
@@ -423,6 +427,25 @@ mod tests {
         assert!(matches!(parse_greeting("* BYE busy"), Some(Greeting::Bye)));
         assert!(parse_greeting("* PREAUTH hi").is_none());
         assert!(parse_greeting("garbage").is_none());
+    }
+
+    #[test]
+    fn hostile_text_never_splits_a_character() {
+        for line in [
+            "* CAPABILITé x",
+            "* BYé",
+            "* ééééééééééé",
+            "[CAPABILITé",
+            "é",
+        ] {
+            let _ = capability_code(line);
+            let _ = parse_greeting(line);
+            let _ = strip_prefix_ignore_case(line, "CAPABILITY ");
+        }
+        assert_eq!(
+            capability_code("[capability IMAP4rev1] hi").as_deref(),
+            Some("IMAP4rev1")
+        );
     }
 
     #[test]
