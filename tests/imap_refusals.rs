@@ -96,44 +96,53 @@ async fn credential_problems_share_one_reply_and_are_told_apart_inside() {
     let (_, reply) = login(&postern, "alice@example.test", &good).await;
     assert!(reply.starts_with("a1 OK [CAPABILITY"), "{reply}");
 
-    // Each attempt is in the audit trail, with the client's address and the result.
-    let audit = cli_ok(
-        &postern,
-        &[
-            "audit",
-            "--user",
-            "alice@example.test",
-            "--json",
-            "--limit",
-            "100",
-        ],
-    );
-    let events: serde_json::Value = serde_json::from_str(&audit).unwrap();
-    let results: Vec<&str> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "login")
-        .map(|e| e["result"].as_str().unwrap())
-        .collect();
-    for expected in [
+    // Each attempt is in the audit trail, with the client's address and the result. The
+    // events are written after the reply, so wait for the last one to land.
+    let expected = [
         "ok",
         "bad_password",
         "revoked",
         "expired",
         "scope_denied",
         "disabled",
-    ] {
-        assert!(
-            results.contains(&expected),
-            "{expected} missing from {results:?}"
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = cli_ok(
+            &postern,
+            &[
+                "audit",
+                "--user",
+                "alice@example.test",
+                "--json",
+                "--limit",
+                "100",
+            ],
         );
+        let events: serde_json::Value = serde_json::from_str(&audit).unwrap();
+        let logins: Vec<&serde_json::Value> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "login")
+            .collect();
+        let results: Vec<&str> = logins
+            .iter()
+            .map(|e| e["result"].as_str().unwrap())
+            .collect();
+        if expected.iter().all(|r| results.contains(r)) {
+            assert!(
+                logins.iter().all(|e| e["client_ip"] == "127.0.0.1"),
+                "{logins:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit events missing: {results:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(events
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|e| e["kind"] != "login" || e["client_ip"] == "127.0.0.1"));
     postern.stop().await;
 }
 
