@@ -26,6 +26,7 @@ pub mod relay;
 pub mod sasl;
 pub mod server;
 pub mod sessions;
+pub mod smtp;
 pub mod store;
 pub mod stream;
 pub mod tls;

@@ -10,8 +10,8 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerConfig, Protocol};
-use crate::imap;
 use crate::server::Gateway;
+use crate::{imap, smtp};
 
 /// Longest pause after repeated accept failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -57,9 +57,7 @@ pub async fn accept_loop(
         tasks.spawn(async move {
             match config.protocol {
                 Protocol::Imap => imap::session::serve(gateway, config, tcp, client).await,
-                Protocol::Smtp => {
-                    tracing::warn!(listener = %config.name, "smtp is not supported yet; closing")
-                }
+                Protocol::Smtp => smtp::session::serve(gateway, config, tcp, client).await,
             }
             drop(slot);
         });

@@ -6,18 +6,24 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use std::time::Instant;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::hasher::{HashError, PasswordHasher};
 use crate::auth::verifier::{AuthError, VerifierOptions};
 use crate::auth::{changes, Verifier};
-use crate::config::{Config, Limits, ListenerConfig};
+use crate::config::{Config, Limits, ListenerConfig, SmtpConfig};
 use crate::listener;
 use crate::metrics::{self, Health, Metrics};
 use crate::sessions::LiveSessions;
+use crate::smtp::quota::{QuotaLimits, Quotas};
+use crate::smtp::upstream::{self as smtp_upstream, Capabilities};
 use crate::store::Store;
+use crate::stream::Stream;
 use crate::tls::{self, TlsError};
 use crate::upstream::Upstream;
 
@@ -52,6 +58,12 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     pub store: Store,
     pub imap_upstream: Option<Upstream>,
+    pub smtp_upstream: Option<Upstream>,
+    pub smtp: SmtpConfig,
+    /// Per-app-password sending quotas.
+    pub quotas: Quotas,
+    /// The upstream SMTP server's EHLO capabilities and when they were read.
+    smtp_capabilities: tokio::sync::Mutex<Option<(Instant, Capabilities)>>,
     /// Cancelled when the gateway shuts down.
     pub shutdown: CancellationToken,
     change_poll_interval: std::time::Duration,
@@ -92,8 +104,26 @@ impl Gateway {
                 protocol: "imap",
                 source,
             })?;
+        let smtp_upstream = config
+            .upstream
+            .smtp
+            .as_ref()
+            .map(Upstream::new)
+            .transpose()
+            .map_err(|source| ServeError::UpstreamTls {
+                protocol: "smtp",
+                source,
+            })?;
+        let quota = |n: u32| (n > 0).then_some(n);
         Ok(Arc::new(Gateway {
             limits: config.limits.clone(),
+            smtp_upstream,
+            smtp: config.smtp.clone(),
+            quotas: Quotas::new(QuotaLimits {
+                messages_per_hour: quota(config.smtp.messages_per_hour),
+                recipients_per_hour: quota(config.smtp.recipients_per_hour),
+            }),
+            smtp_capabilities: tokio::sync::Mutex::new(None),
             server_tls,
             verifier,
             sessions: LiveSessions::new(),
@@ -105,6 +135,59 @@ impl Gateway {
         }))
     }
 }
+
+impl Gateway {
+    /// The TLS handshake with a client, under the configured timeout; interrupted by
+    /// shutdown. The error names what went wrong, for the connection's log line.
+    pub async fn accept_tls(&self, tcp: TcpStream) -> Result<Stream, &'static str> {
+        let acceptor = TlsAcceptor::from(self.server_tls.clone());
+        let accept = tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(tcp));
+        let result = tokio::select! {
+            result = accept => result,
+            () = self.shutdown.cancelled() => return Err("shutdown during TLS handshake"),
+        };
+        match result {
+            Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls.into()))),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "TLS handshake failed");
+                Err("TLS handshake failed")
+            }
+            Err(_) => Err("TLS handshake timed out"),
+        }
+    }
+
+    /// What the upstream SMTP server offers (SIZE, SMTPUTF8, DSN), read with a probe
+    /// connection at most every `capabilities_refresh`. When the probe fails, nothing
+    /// optional is advertised and postern asks again after a short pause.
+    pub async fn smtp_capabilities(&self) -> Capabilities {
+        let mut cached = self.smtp_capabilities.lock().await;
+        if let Some((read_at, capabilities)) = cached.as_ref() {
+            if read_at.elapsed() < self.smtp.capabilities_refresh {
+                return capabilities.clone();
+            }
+        }
+        let Some(upstream) = &self.smtp_upstream else {
+            return Capabilities::default();
+        };
+        let (capabilities, valid_for) =
+            match smtp_upstream::probe(upstream, &self.smtp.hostname).await {
+                Ok(capabilities) => (capabilities, self.smtp.capabilities_refresh),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the upstream SMTP capabilities");
+                    (Capabilities::default(), CAPABILITY_RETRY)
+                }
+            };
+        // Stamp it so that it expires `valid_for` from now.
+        let stamp = Instant::now()
+            .checked_sub(self.smtp.capabilities_refresh.saturating_sub(valid_for))
+            .unwrap_or_else(Instant::now);
+        *cached = Some((stamp, capabilities.clone()));
+        capabilities
+    }
+}
+
+/// How soon a failed capability probe is retried.
+const CAPABILITY_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The argon2id pool configured in `[auth]`.
 pub fn password_hasher(config: &Config) -> Result<PasswordHasher, HashError> {

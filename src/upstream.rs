@@ -1,6 +1,6 @@
 //! The road to the real mail server: TCP connect and TLS under named timeouts, and the
 //! master credentials postern logs in with. The protocol-specific login lives with each
-//! protocol (`imap::upstream`).
+//! protocol (`imap::upstream`, `smtp::upstream`).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -43,6 +43,10 @@ pub enum UpstreamError {
     Protocol { phase: &'static str },
     #[error("upstream does not offer {0}")]
     Unsupported(&'static str),
+    /// A well-formed reply that is neither success nor a refusal of the user: a 4xx
+    /// (try later) or a 5xx to something other than the user's credentials.
+    #[error("upstream answered {phase} with {code}")]
+    Rejected { phase: &'static str, code: u16 },
     #[error("upstream refused the login for the user")]
     Refused,
     #[error("cannot read the master password file {path}: {source}")]
@@ -61,6 +65,7 @@ impl UpstreamError {
             UpstreamError::Tls(_) => "tls",
             UpstreamError::Io { .. } | UpstreamError::Closed(_) => "io",
             UpstreamError::Protocol { .. } | UpstreamError::Unsupported(_) => "protocol",
+            UpstreamError::Rejected { .. } => "rejected",
             UpstreamError::Refused => "refused",
             UpstreamError::MasterPassword { .. } => "master_password",
         }

@@ -317,6 +317,14 @@ async fn serve_starts_from_nothing_and_stops_cleanly_on_sigterm() {
     work.edit("127.0.0.1:10993", &format!("127.0.0.1:{imaps}"));
     work.edit("127.0.0.1:10143", &format!("127.0.0.1:{imap}"));
     work.edit("127.0.0.1:9898", &format!("127.0.0.1:{http}"));
+    work.edit(
+        "127.0.0.1:10465",
+        &format!("127.0.0.1:{}", support::free_port()),
+    );
+    work.edit(
+        "127.0.0.1:10587",
+        &format!("127.0.0.1:{}", support::free_port()),
+    );
     // Nothing listens upstream: logins get as far as the upstream connect.
     work.edit(
         "address = \"127.0.0.1:993\"",

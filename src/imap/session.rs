@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use super::preauth::{Action, PreAuth, PreAuthOptions};
@@ -88,7 +87,7 @@ async fn run(
     let limits = &gateway.limits;
     let deadline = Instant::now() + limits.login_deadline;
     let mut stream = match listener.tls {
-        ListenerTls::Implicit => match handshake(gateway, tcp).await {
+        ListenerTls::Implicit => match gateway.accept_tls(tcp).await {
             Ok(stream) => stream,
             Err(why) => return Outcome::Dropped(why),
         },
@@ -120,7 +119,7 @@ async fn run(
                     let Ok(tcp) = stream.into_plain() else {
                         return Outcome::Dropped("STARTTLS inside TLS");
                     };
-                    stream = match handshake(gateway, tcp).await {
+                    stream = match gateway.accept_tls(tcp).await {
                         Ok(stream) => stream,
                         Err(why) => return Outcome::Dropped(why),
                     };
@@ -246,24 +245,6 @@ async fn run(
             Ok(Ok(n)) => machine.feed(&buffer[..n]),
             Ok(Err(error)) => return Outcome::ClientError(error),
         }
-    }
-}
-
-/// The TLS handshake with the client, under the configured timeout.
-async fn handshake(gateway: &Gateway, tcp: TcpStream) -> Result<Stream, &'static str> {
-    let acceptor = TlsAcceptor::from(gateway.server_tls.clone());
-    let accept = tokio::time::timeout(gateway.limits.tls_handshake_timeout, acceptor.accept(tcp));
-    let result = tokio::select! {
-        result = accept => result,
-        () = gateway.shutdown.cancelled() => return Err("shutdown during TLS handshake"),
-    };
-    match result {
-        Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls.into()))),
-        Ok(Err(error)) => {
-            tracing::debug!(%error, "TLS handshake failed");
-            Err("TLS handshake failed")
-        }
-        Err(_) => Err("TLS handshake timed out"),
     }
 }
 
