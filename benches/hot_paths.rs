@@ -90,6 +90,7 @@ fn verifier(c: &mut Criterion) {
                 password: &password,
                 client,
                 client_id: None,
+                started: tokio::time::Instant::now(),
             };
             verifier.verify(&attempt).await.unwrap()
         }

@@ -58,6 +58,48 @@ pub struct Config {
     /// SMTP submission: greeting name, message limits, sending quotas.
     #[serde(default)]
     pub smtp: SmtpConfig,
+    /// Who is trusted on the network: penalty exemptions, PROXY header sources, caps.
+    #[serde(default)]
+    pub network: NetworkConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Clients in these networks are exempt from login penalties (an office NAT that many
+    /// users share, a monitoring host). Their failed logins are still counted and logged.
+    #[serde(default)]
+    pub trusted_networks: Vec<ipnet::IpNet>,
+    /// Peers allowed to send a PROXY protocol header on listeners with
+    /// `proxy_protocol = true`; a connection from anywhere else is closed.
+    #[serde(default = "default_proxy_sources")]
+    pub proxy_sources: Vec<ipnet::IpNet>,
+    /// Concurrent connections from one client address (IPv6 grouped by /64), per
+    /// listener; 0 = no cap.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            trusted_networks: Vec::new(),
+            proxy_sources: default_proxy_sources(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+        }
+    }
+}
+
+fn default_proxy_sources() -> Vec<ipnet::IpNet> {
+    // Unwrap: constant, valid networks.
+    vec![
+        "127.0.0.0/8".parse().expect("valid"),
+        "::1/128".parse().expect("valid"),
+    ]
+}
+
+fn default_max_connections_per_ip() -> usize {
+    50
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,7 +252,9 @@ pub struct ListenerConfig {
     pub protocol: Protocol,
     pub bind: SocketAddr,
     pub tls: ListenerTls,
-    /// Expect a PROXY v1/v2 header from a trusted load balancer (not yet supported).
+    /// Expect a PROXY protocol v1 or v2 header from a load balancer in
+    /// `[network] proxy_sources`; the client address it carries is used for penalties,
+    /// logs, audit and the upstream.
     #[serde(default)]
     pub proxy_protocol: bool,
     /// Concurrent connections this listener accepts; further clients wait in the kernel's
@@ -426,6 +470,19 @@ pub struct Limits {
     /// Failed logins before the connection is closed.
     #[serde(default = "default_max_failures")]
     pub max_failed_logins: u32,
+    /// On SIGTERM, how long sessions may finish what they are doing before they are cut.
+    #[serde(default = "default_shutdown_grace", with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Reading the PROXY protocol header of a new connection.
+    #[serde(default = "default_proxy_header_timeout", with = "duration")]
+    pub proxy_header_timeout: Duration,
+}
+
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_proxy_header_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl Default for Limits {
@@ -437,6 +494,8 @@ impl Default for Limits {
             authenticated_idle_timeout: default_authenticated_idle(),
             max_line: default_max_line(),
             max_failed_logins: default_max_failures(),
+            shutdown_grace: default_shutdown_grace(),
+            proxy_header_timeout: default_proxy_header_timeout(),
         }
     }
 }
@@ -505,12 +564,6 @@ impl Config {
         for listener in &self.listeners {
             if !names.insert(&listener.name) {
                 problems.push(format!("listener name {:?} is used twice", listener.name));
-            }
-            if listener.proxy_protocol {
-                problems.push(format!(
-                    "listener {:?}: proxy_protocol is not supported yet",
-                    listener.name
-                ));
             }
             if listener.max_connections == 0 {
                 problems.push(format!(

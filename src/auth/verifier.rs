@@ -82,8 +82,10 @@ pub struct LoginAttempt<'a> {
     pub login: &'a str,
     pub password: &'a Secret<String>,
     pub client: SocketAddr,
-    /// The client's self-description (IMAP ID), for the audit trail.
+    /// The client's self-description (IMAP ID, SMTP EHLO), for the audit trail.
     pub client_id: Option<&'a str>,
+    /// When the login command arrived, for the log line and `postern_auth_seconds`.
+    pub started: tokio::time::Instant,
 }
 
 /// Settings of the verifier.
@@ -229,9 +231,10 @@ impl Verifier {
         Ok(())
     }
 
-    /// Counts the attempt's final outcome, writes its audit event and, for a success,
-    /// stamps the app password's last use. The store writes happen in the background:
-    /// the client's reply does not wait on them.
+    /// Counts the attempt's final outcome, logs it (one line per attempt, with a plain
+    /// `client_ip` field for fail2ban), writes its audit event and, for a success, stamps
+    /// the app password's last use. The store writes happen in the background: the
+    /// client's reply does not wait on them.
     pub fn record(
         &self,
         attempt: &LoginAttempt<'_>,
@@ -242,11 +245,23 @@ impl Verifier {
             .auth_attempts
             .with_label_values(&[attempt.protocol.as_str(), attempt.mechanism, result])
             .inc();
+        self.metrics
+            .auth_seconds
+            .with_label_values(&[attempt.protocol.as_str()])
+            .observe(attempt.started.elapsed().as_secs_f64());
         let succeeded = result == "ok";
+        let client_ip = attempt.client.ip();
+        let duration_ms = attempt.started.elapsed().as_millis() as u64;
+        // The login name is the client's text: Debug-quoted, so it cannot forge a line.
+        if succeeded {
+            tracing::info!(protocol = attempt.protocol.as_str(), login = ?attempt.login, mechanism = attempt.mechanism, result, app_password_id, %client_ip, duration_ms, "login");
+        } else {
+            tracing::warn!(protocol = attempt.protocol.as_str(), login = ?attempt.login, mechanism = attempt.mechanism, result, app_password_id, %client_ip, duration_ms, "login failed");
+        }
         let store = self.store.clone();
         let login = password::normalize_login(attempt.login);
         let protocol = attempt.protocol.as_str();
-        let client_ip = attempt.client.ip().to_string();
+        let client_ip = client_ip.to_string();
         let client_id = attempt.client_id.map(str::to_owned);
         tokio::spawn(async move {
             let at = now();

@@ -142,29 +142,20 @@ async fn run(
                         password: &password,
                         client,
                         client_id: client_id.as_deref(),
+                        started: Instant::now(),
                     };
-                    let login_started = Instant::now();
                     let verdict = gateway.verifier.verify(&attempt).await;
                     let grant = match verdict {
                         Ok(Verdict::Granted(grant)) => grant,
                         Ok(Verdict::Refused(refusal)) => {
                             gateway.verifier.record(&attempt, refusal.as_str(), None);
-                            log_login(
-                                &login,
-                                mechanism.as_str(),
-                                refusal.as_str(),
-                                None,
-                                login_started,
-                            );
                             machine.login_refused();
-                            observe_auth(gateway, login_started);
                             continue;
                         }
                         Err(error) => {
                             tracing::warn!(%error, "login could not be verified");
                             gateway.verifier.record(&attempt, "temporary_failure", None);
                             machine.login_unavailable();
-                            observe_auth(gateway, login_started);
                             continue;
                         }
                     };
@@ -178,19 +169,11 @@ async fn run(
                             gateway
                                 .verifier
                                 .record(&attempt, "ok", Some(grant.app_password_id));
-                            log_login(
-                                &login,
-                                mechanism.as_str(),
-                                "ok",
-                                Some(grant.app_password_id),
-                                login_started,
-                            );
                             let (tag_, pipelined) = machine.into_authenticated();
                             debug_assert_eq!(tag_, tag);
                             let reply = format!("{tag} OK {}\r\n", logged_in.ok_text);
                             output.extend_from_slice(reply.as_bytes());
                             output.extend_from_slice(&logged_in.pending);
-                            observe_auth(gateway, login_started);
                             return relay_session(
                                 gateway, stream, output, pipelined, logged_in, &grant,
                             )
@@ -205,15 +188,7 @@ async fn run(
                             gateway
                                 .verifier
                                 .record(&attempt, result, Some(grant.app_password_id));
-                            log_login(
-                                &login,
-                                mechanism.as_str(),
-                                result,
-                                Some(grant.app_password_id),
-                                login_started,
-                            );
                             machine.login_unavailable();
-                            observe_auth(gateway, login_started);
                         }
                     }
                 }
@@ -357,31 +332,6 @@ async fn sleep_until_option(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-fn observe_auth(gateway: &Gateway, started: Instant) {
-    gateway
-        .metrics
-        .auth_seconds
-        .with_label_values(&["imap"])
-        .observe(started.elapsed().as_secs_f64());
-}
-
-fn log_login(
-    login: &str,
-    mechanism: &str,
-    result: &str,
-    app_password_id: Option<i64>,
-    started: Instant,
-) {
-    tracing::info!(
-        login = ?login,
-        mechanism,
-        result,
-        app_password_id,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "login"
-    );
 }
 
 /// The client's ID fields as one line for the audit trail: `name=Mac OS X Mail; version=16.0`.

@@ -184,6 +184,7 @@ impl Session<'_> {
                             password: &password,
                             client: self.client,
                             client_id: conversation.helo(),
+                            started: Instant::now(),
                         };
                         match self.authenticate(&attempt, conversation.helo()).await {
                             AuthOutcome::Granted => conversation.auth_granted(),
@@ -269,14 +270,12 @@ impl Session<'_> {
         helo: Option<&str>,
     ) -> AuthOutcome {
         let gateway = self.gateway;
-        let started = Instant::now();
         let outcome = match gateway.verifier.verify(attempt).await {
             Ok(Verdict::Granted(grant)) => match self.login_upstream(&grant, helo).await {
                 Ok(upstream) => {
                     gateway
                         .verifier
                         .record(attempt, "ok", Some(grant.app_password_id));
-                    log_login(attempt, "ok", Some(grant.app_password_id), started);
                     self.upstream = Some(upstream);
                     self.live = Some(
                         gateway
@@ -300,13 +299,11 @@ impl Session<'_> {
                     gateway
                         .verifier
                         .record(attempt, result, Some(grant.app_password_id));
-                    log_login(attempt, result, Some(grant.app_password_id), started);
                     AuthOutcome::Unavailable
                 }
             },
             Ok(Verdict::Refused(refusal)) => {
                 gateway.verifier.record(attempt, refusal.as_str(), None);
-                log_login(attempt, refusal.as_str(), None, started);
                 AuthOutcome::Refused
             }
             Err(error) => {
@@ -315,11 +312,6 @@ impl Session<'_> {
                 AuthOutcome::Unavailable
             }
         };
-        gateway
-            .metrics
-            .auth_seconds
-            .with_label_values(&["smtp"])
-            .observe(started.elapsed().as_secs_f64());
         outcome
     }
 
@@ -601,20 +593,4 @@ async fn flush(stream: &mut Stream, output: &mut Vec<u8>) -> std::io::Result<()>
         output.clear();
     }
     stream.flush().await
-}
-
-fn log_login(
-    attempt: &LoginAttempt<'_>,
-    result: &str,
-    app_password_id: Option<i64>,
-    started: Instant,
-) {
-    tracing::info!(
-        login = ?attempt.login,
-        mechanism = attempt.mechanism,
-        result,
-        app_password_id,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "login"
-    );
 }
