@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::hasher::{HashError, PasswordHasher};
 use crate::auth::verifier::{AuthError, VerifierOptions};
 use crate::auth::{changes, Verifier};
-use crate::config::{Config, Limits, ListenerConfig, SmtpConfig};
+use crate::config::{Config, Limits, ListenerConfig, NetworkConfig, SmtpConfig};
 use crate::listener;
 use crate::metrics::{self, Health, Metrics};
 use crate::sessions::LiveSessions;
@@ -60,6 +60,8 @@ pub struct Gateway {
     pub imap_upstream: Option<Upstream>,
     pub smtp_upstream: Option<Upstream>,
     pub smtp: SmtpConfig,
+    /// Trusted networks, PROXY header sources, per-address caps.
+    pub network: NetworkConfig,
     /// Per-app-password sending quotas.
     pub quotas: Quotas,
     /// The upstream SMTP server's EHLO capabilities and when they were read.
@@ -119,6 +121,7 @@ impl Gateway {
             limits: config.limits.clone(),
             smtp_upstream,
             smtp: config.smtp.clone(),
+            network: config.network.clone(),
             quotas: Quotas::new(QuotaLimits {
                 messages_per_hour: quota(config.smtp.messages_per_hour),
                 recipients_per_hour: quota(config.smtp.recipients_per_hour),
