@@ -57,6 +57,7 @@ fn verifier(c: &mut Criterion) {
             VerifierOptions {
                 cache_ttl: std::time::Duration::from_secs(600),
                 cache_capacity: 1000,
+                trusted_networks: vec![],
             },
         )
         .await

@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod imap;
 pub mod listener;
 pub mod metrics;

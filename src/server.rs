@@ -17,6 +17,7 @@ use crate::auth::hasher::{HashError, PasswordHasher};
 use crate::auth::verifier::{AuthError, VerifierOptions};
 use crate::auth::{changes, Verifier};
 use crate::config::{Config, Limits, ListenerConfig, NetworkConfig, SmtpConfig};
+use crate::connections::ConnectionCaps;
 use crate::listener;
 use crate::metrics::{self, Health, Metrics};
 use crate::sessions::LiveSessions;
@@ -64,6 +65,8 @@ pub struct Gateway {
     pub network: NetworkConfig,
     /// Per-app-password sending quotas.
     pub quotas: Quotas,
+    /// Connections each client address holds per listener.
+    pub connection_caps: Arc<ConnectionCaps>,
     /// The upstream SMTP server's EHLO capabilities and when they were read.
     smtp_capabilities: tokio::sync::Mutex<Option<(Instant, Capabilities)>>,
     /// Cancelled when the gateway shuts down.
@@ -93,6 +96,7 @@ impl Gateway {
             VerifierOptions {
                 cache_ttl: config.auth.cache_ttl,
                 cache_capacity: config.auth.cache_capacity,
+                trusted_networks: config.network.trusted_networks.clone(),
             },
         )
         .await?;
@@ -122,6 +126,7 @@ impl Gateway {
             smtp_upstream,
             smtp: config.smtp.clone(),
             network: config.network.clone(),
+            connection_caps: ConnectionCaps::new(config.network.max_connections_per_ip),
             quotas: Quotas::new(QuotaLimits {
                 messages_per_hour: quota(config.smtp.messages_per_hour),
                 recipients_per_hour: quota(config.smtp.recipients_per_hour),

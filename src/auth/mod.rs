@@ -5,6 +5,7 @@ pub mod changes;
 pub mod digest;
 pub mod hasher;
 pub mod password;
+pub mod penalty;
 pub mod secret;
 pub mod verifier;
 

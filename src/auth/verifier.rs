@@ -12,6 +12,7 @@ use moka::future::Cache;
 use super::digest::DigestKey;
 use super::hasher::{HashError, PasswordHasher};
 use super::password;
+use super::penalty::Penalties;
 use super::Secret;
 use crate::config::Protocol;
 use crate::metrics::Metrics;
@@ -62,6 +63,9 @@ impl Refusal {
 pub enum Verdict {
     Granted(Arc<Grant>),
     Refused(Refusal),
+    /// A penalty is running for the client's address or the login: answer with a
+    /// temporary failure; nothing was looked up or hashed.
+    RateLimited,
 }
 
 /// Why no verdict could be reached; the client gets a temporary failure.
@@ -93,6 +97,8 @@ pub struct LoginAttempt<'a> {
 pub struct VerifierOptions {
     pub cache_ttl: Duration,
     pub cache_capacity: u64,
+    /// Clients exempt from login penalties.
+    pub trusted_networks: Vec<ipnet::IpNet>,
 }
 
 /// Checks app passwords.
@@ -105,6 +111,7 @@ pub struct Verifier {
     cache: Cache<[u8; 32], Arc<Grant>>,
     /// A hash of a random password, verified when there is no real candidate.
     decoy_hash: String,
+    penalties: Arc<Penalties>,
     metrics: Arc<Metrics>,
 }
 
@@ -130,6 +137,7 @@ impl Verifier {
             cache_key: DigestKey::random(),
             cache,
             decoy_hash,
+            penalties: Arc::new(Penalties::new(options.trusted_networks)),
             metrics,
         })
     }
@@ -149,13 +157,11 @@ impl Verifier {
         self.cache.invalidate_all();
     }
 
-    /// Decides one login attempt. The caller reports the final outcome, which may be an
-    /// upstream failure, with [`Verifier::record`].
+    /// Decides one login attempt. A cached verification answers at once; otherwise a
+    /// running penalty answers [`Verdict::RateLimited`] without hashing, and a refusal is
+    /// answered only after the penalty delay it earns. The caller reports the final
+    /// outcome, which may be an upstream failure, with [`Verifier::record`].
     pub async fn verify(&self, attempt: &LoginAttempt<'_>) -> Result<Verdict, AuthError> {
-        self.decide(attempt).await
-    }
-
-    async fn decide(&self, attempt: &LoginAttempt<'_>) -> Result<Verdict, AuthError> {
         let login = password::normalize_login(attempt.login);
         let cache_key = self.cache_key.cache_key(&login, attempt.password);
         if let Some(grant) = self.cache.get(&cache_key).await {
@@ -165,14 +171,41 @@ impl Verifier {
             }
             self.cache.invalidate(&cache_key).await;
         }
+        let ip = attempt.client.ip();
+        if !self.penalties.may_attempt(ip, &login) {
+            return Ok(Verdict::RateLimited);
+        }
         self.metrics.auth_cache_misses.inc();
+        let verdict = self
+            .check(&login, attempt.password, attempt.protocol)
+            .await?;
+        match &verdict {
+            Verdict::Granted(grant) => {
+                self.penalties.succeeded(ip, &login);
+                self.cache.insert(cache_key, grant.clone()).await;
+            }
+            Verdict::Refused(_) => {
+                let delay = self.penalties.failed(ip, &login, cache_key);
+                tokio::time::sleep(delay).await;
+            }
+            Verdict::RateLimited => {}
+        }
+        Ok(verdict)
+    }
 
-        let Some(canonical) = password::normalize(attempt.password.expose()) else {
+    /// The store lookup and the one argon2id verification.
+    async fn check(
+        &self,
+        login: &str,
+        typed: &Secret<String>,
+        protocol: Protocol,
+    ) -> Result<Verdict, AuthError> {
+        let Some(canonical) = password::normalize(typed.expose()) else {
             self.spend_decoy().await?;
-            return self.unknown_or_bad(&login).await;
+            return self.unknown_or_bad(login).await;
         };
-        let tag = self.lookup_key.tag(&login, &canonical);
-        let credential = self.store.credential(&login, &tag).await?;
+        let tag = self.lookup_key.tag(login, &canonical);
+        let credential = self.store.credential(login, &tag).await?;
         let Some(Credential {
             user,
             app_password: Some(app_password),
@@ -209,8 +242,7 @@ impl Verifier {
             scopes: app_password.scopes,
             expires_at: app_password.expires_at,
         });
-        self.cache.insert(cache_key, grant.clone()).await;
-        Ok(in_scope(grant, attempt.protocol))
+        Ok(in_scope(grant, protocol))
     }
 
     /// For a malformed password, whether the user exists decides the label only; the

@@ -20,6 +20,8 @@ use crate::server::Gateway;
 use crate::stream::Stream;
 use crate::upstream::UpstreamError;
 
+const TOO_MANY_CONNECTIONS: &[u8] = b"* BYE Too many connections from your address\r\n";
+
 /// Invalid commands tolerated before login.
 const MAX_BAD_COMMANDS: u32 = 10;
 
@@ -93,6 +95,12 @@ async fn run(
         },
         ListenerTls::Starttls => Stream::Plain(tcp),
     };
+    let listener_name: Arc<str> = listener.name.as_str().into();
+    let Some(_admitted) = gateway.connection_caps.admit(&listener_name, client.ip()) else {
+        let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+        let _ = stream.shutdown().await;
+        return Outcome::Dropped("too many connections from the address");
+    };
     let mut machine = PreAuth::new(PreAuthOptions {
         tls_active: stream.is_tls(),
         starttls_available: listener.tls == ListenerTls::Starttls,
@@ -150,6 +158,11 @@ async fn run(
                         Ok(Verdict::Refused(refusal)) => {
                             gateway.verifier.record(&attempt, refusal.as_str(), None);
                             machine.login_refused();
+                            continue;
+                        }
+                        Ok(Verdict::RateLimited) => {
+                            gateway.verifier.record(&attempt, "rate_limited", None);
+                            machine.login_unavailable();
                             continue;
                         }
                         Err(error) => {

@@ -32,6 +32,7 @@ const RECIPIENT_QUOTA: &[u8] = b"451 4.7.1 Recipient quota exceeded, try again l
 const UPSTREAM_LOST: &[u8] = b"451 4.4.2 Upstream connection lost, try again\r\n";
 const REVOKED: &[u8] = b"421 4.7.0 Credential revoked, closing connection\r\n";
 const SHUTTING_DOWN: &[u8] = b"421 4.3.2 Service shutting down\r\n";
+const TOO_MANY_CONNECTIONS: &[u8] = b"421 4.7.0 Too many connections from your address\r\n";
 const IDLE: &[u8] = b"421 4.4.2 Idle for too long, closing connection\r\n";
 
 /// How long the upstream may take to answer the final dot: it may scan or relay the
@@ -123,6 +124,15 @@ impl Session<'_> {
                 Err(why) => return Outcome::Dropped(why),
             },
             ListenerTls::Starttls => Stream::Plain(tcp),
+        };
+        let listener_name: Arc<str> = listener.name.as_str().into();
+        let Some(_admitted) = gateway
+            .connection_caps
+            .admit(&listener_name, self.client.ip())
+        else {
+            let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+            let _ = stream.shutdown().await;
+            return Outcome::Dropped("too many connections from the address");
         };
         let capabilities = gateway.smtp_capabilities().await;
         let config = &gateway.smtp;
@@ -302,6 +312,10 @@ impl Session<'_> {
                     AuthOutcome::Unavailable
                 }
             },
+            Ok(Verdict::RateLimited) => {
+                gateway.verifier.record(attempt, "rate_limited", None);
+                AuthOutcome::Unavailable
+            }
             Ok(Verdict::Refused(refusal)) => {
                 gateway.verifier.record(attempt, refusal.as_str(), None);
                 AuthOutcome::Refused

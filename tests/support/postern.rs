@@ -31,8 +31,20 @@ pub struct Options {
     pub upstream_port: Option<u16>,
     /// Overrides the master password postern sends.
     pub master_password: Option<String>,
-    /// Extra TOML appended to the config.
+    /// `[network] trusted_networks`: loopback by default, so tests that fail logins on
+    /// purpose are not slowed by penalties; `[]` to test the penalties.
+    pub trusted_networks: &'static str,
+    /// `[network] proxy_sources`.
+    pub proxy_sources: &'static str,
+    /// More lines for the `[auth]` table.
+    pub auth_extra: &'static str,
+    /// More lines for the `[network]` table.
+    pub network_extra: &'static str,
+    /// Extra TOML appended to the config (must not repeat a table written here:
+    /// `[store]`, `[tls]`, `[upstream.*]`, `[http]`, `[auth]`, `[network]`).
     pub extra_config: String,
+    /// `proxy_protocol` on all four listeners (they then expect a PROXY header first).
+    pub proxy_protocol: bool,
 }
 
 impl Default for Options {
@@ -43,7 +55,12 @@ impl Default for Options {
             upstream_tls: "implicit",
             upstream_port: None,
             master_password: None,
+            trusted_networks: r#"["127.0.0.0/8", "::1/128"]"#,
+            proxy_sources: r#"["127.0.0.0/8", "::1/128"]"#,
+            auth_extra: "",
+            network_extra: "",
             extra_config: String::new(),
+            proxy_protocol: false,
         }
     }
 }
@@ -117,24 +134,28 @@ name = "imaps"
 protocol = "imap"
 bind = "127.0.0.1:0"
 tls = "implicit"
+proxy_protocol = {proxy_protocol}
 
 [[listener]]
 name = "imap"
 protocol = "imap"
 bind = "127.0.0.1:0"
 tls = "starttls"
+proxy_protocol = {proxy_protocol}
 
 [[listener]]
 name = "smtps"
 protocol = "smtp"
 bind = "127.0.0.1:0"
 tls = "implicit"
+proxy_protocol = {proxy_protocol}
 
 [[listener]]
 name = "submission"
 protocol = "smtp"
 bind = "127.0.0.1:0"
 tls = "starttls"
+proxy_protocol = {proxy_protocol}
 
 [upstream.smtp]
 address = "127.0.0.1:{smtp_upstream_port}"
@@ -159,6 +180,13 @@ bind = "127.0.0.1:0"
 
 [auth]
 change_poll_interval = "100ms"
+{auth_extra}
+
+[network]
+trusted_networks = {trusted_networks}
+proxy_sources = {proxy_sources}
+{network_extra}
+
 {extra}
 "#,
             cert = cert.display(),
@@ -168,7 +196,12 @@ change_poll_interval = "100ms"
             upstream_auth = options.upstream_auth,
             master_user = dovecot.master_user,
             master_password_file = master_password_file.display(),
+            trusted_networks = options.trusted_networks,
+            proxy_sources = options.proxy_sources,
+            auth_extra = options.auth_extra,
+            network_extra = options.network_extra,
             extra = options.extra_config,
+            proxy_protocol = options.proxy_protocol,
         );
         let config_path = dir.path().join("postern.toml");
         std::fs::write(&config_path, &text).expect("write config");

@@ -1,0 +1,221 @@
+//! The defences against password guessing and resource exhaustion, end to end: login
+//! penalties, the bounded hash pool, equal time for unknown users, per-address caps.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use postern::store::Scope;
+use support::imap_client::ImapClient;
+use support::postern::{metric, Options, Postern};
+use support::smtp_client::SmtpClient;
+use support::Dovecot;
+
+const REFUSED: &str = "NO [AUTHENTICATIONFAILED] Authentication failed";
+const UNAVAILABLE: &str = "NO [UNAVAILABLE] Service temporarily unavailable, try again later";
+
+async fn setup(options: Options) -> (Dovecot, Postern, String) {
+    let dovecot = Dovecot::start();
+    dovecot.add_user("alice", "alice-direct-password");
+    let postern = Postern::start_with(&dovecot, options).await;
+    postern.add_user("alice@example.test", "alice").await;
+    let (_, password) = postern
+        .issue("alice@example.test", &[Scope::Imap, Scope::Smtp], None)
+        .await;
+    (dovecot, postern, password)
+}
+
+fn hashes(postern: &Postern) -> f64 {
+    metric(&postern.metrics(), "postern_password_hash_seconds_count")
+}
+
+fn attempts(postern: &Postern, result: &str) -> f64 {
+    metric(
+        &postern.metrics(),
+        &format!("postern_auth_attempts_total{{mechanism=\"login\",protocol=\"imap\",result=\"{result}\"}}"),
+    )
+}
+
+/// Waits until `condition` holds, polling the in-process gateway; panics after 20 s.
+async fn until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A failed login earns a penalty: while it runs, other attempts from the address or for
+/// the login are answered at once with a temporary failure and never hashed; a login
+/// whose password is already verified in the cache still gets in.
+#[tokio::test(flavor = "multi_thread")]
+async fn penalties_rate_limit_without_hashing_but_spare_cached_logins() {
+    let options = Options {
+        trusted_networks: "[]",
+        ..Options::default()
+    };
+    let (_dovecot, postern, password) = setup(options).await;
+    // The phone logged in before: its password is in the cache.
+    let (mut phone, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    let ok = phone
+        .command("p1", &format!("LOGIN alice@example.test \"{password}\""))
+        .await;
+    assert!(ok.last().unwrap().starts_with("p1 OK"), "{ok:?}");
+
+    let baseline = hashes(&postern);
+    let (mut guesser, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    guesser
+        .send(b"g1 LOGIN alice@example.test \"aaaa bbbb cccc dddd\"\r\n")
+        .await;
+    // The guess has been hashed; its answer now waits out the 2 s penalty.
+    until("the guess to be hashed", || {
+        hashes(&postern) == baseline + 1.0
+    })
+    .await;
+
+    let (mut second, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    let reply = second
+        .command("s1", "LOGIN alice@example.test \"eeee ffff gggg hhhh\"")
+        .await;
+    assert_eq!(reply, vec![format!("s1 {UNAVAILABLE}")]);
+    assert_eq!(attempts(&postern, "rate_limited"), 1.0);
+    assert_eq!(
+        hashes(&postern),
+        baseline + 1.0,
+        "a rate-limited attempt is never hashed"
+    );
+
+    let (mut phone_again, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    let reply = phone_again
+        .command("p2", &format!("LOGIN alice@example.test \"{password}\""))
+        .await;
+    assert!(
+        reply.last().unwrap().starts_with("p2 OK"),
+        "cached logins pass: {reply:?}"
+    );
+
+    assert_eq!(guesser.read_line().await, format!("g1 {REFUSED}"));
+    assert_eq!(attempts(&postern, "bad_password"), 1.0);
+    postern.stop().await;
+}
+
+/// With one hash worker busy, new unverified attempts wait the queue timeout and then get
+/// a temporary failure; a cached login is answered meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saturated_hash_pool_fails_fast_and_cached_logins_still_pass() {
+    let dovecot = Dovecot::start();
+    dovecot.add_user("alice", "x");
+    // Expensive hashes (about half a second) and a single worker.
+    let options = Options {
+        auth_extra: "hash_workers = 1\nhash_queue_timeout = \"100ms\"\n\
+                     argon2_memory_kib = 65536\nargon2_iterations = 8\n",
+        ..Options::default()
+    };
+    let postern = Postern::start_with(&dovecot, options).await;
+    postern.add_user("alice@example.test", "alice").await;
+    let (_, password) = postern
+        .issue("alice@example.test", &[Scope::Imap], None)
+        .await;
+    let (mut cached, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    let ok = cached
+        .command("c1", &format!("LOGIN alice@example.test \"{password}\""))
+        .await;
+    assert!(ok.last().unwrap().starts_with("c1 OK"), "{ok:?}");
+
+    let mut guessers = Vec::new();
+    for n in 0..4 {
+        let (mut client, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+        client
+            .send(
+                format!("g{n} LOGIN nobody{n}@example.test \"aaaa bbbb cccc dddd\"\r\n").as_bytes(),
+            )
+            .await;
+        guessers.push(client);
+    }
+    let (mut cached_again, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    let ok = cached_again
+        .command("c2", &format!("LOGIN alice@example.test \"{password}\""))
+        .await;
+    assert!(ok.last().unwrap().starts_with("c2 OK"), "{ok:?}");
+
+    let mut unavailable = 0;
+    for (n, client) in guessers.iter_mut().enumerate() {
+        let reply = client.read_line().await;
+        if reply == format!("g{n} {UNAVAILABLE}") {
+            unavailable += 1;
+        } else {
+            assert_eq!(reply, format!("g{n} {REFUSED}"));
+        }
+    }
+    assert!(
+        unavailable >= 2,
+        "the pool turned attempts away: {unavailable}"
+    );
+    assert_eq!(attempts(&postern, "temporary_failure"), unavailable as f64);
+    postern.stop().await;
+}
+
+/// Unknown users cost what wrong passwords cost: each spends exactly one argon2id
+/// verification, and their answer times have the same distribution.
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_users_take_as_long_as_wrong_passwords() {
+    let (_dovecot, postern, _) = setup(Options::default()).await;
+    let mut unknown = Vec::new();
+    let mut wrong = Vec::new();
+    // Interleaved, so machine noise hits both alike; a fresh connection per pair, as
+    // three failures close a connection.
+    for round in 0..20 {
+        let (mut client, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+        for (user, times) in [
+            ("nobody@example.test", &mut unknown),
+            ("alice@example.test", &mut wrong),
+        ] {
+            let tag = format!("r{round}");
+            let before = hashes(&postern);
+            let started = Instant::now();
+            let reply = client
+                .command(&tag, &format!("LOGIN {user} \"aaaa bbbb cccc dddd\""))
+                .await;
+            times.push(started.elapsed());
+            assert_eq!(reply, vec![format!("{tag} {REFUSED}")]);
+            assert_eq!(hashes(&postern), before + 1.0, "{user}: one verification");
+        }
+    }
+    let median = |times: &mut Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2]
+    };
+    let (unknown, wrong) = (median(&mut unknown), median(&mut wrong));
+    eprintln!("median answer: unknown user {unknown:?}, wrong password {wrong:?}");
+    let ratio = unknown.as_secs_f64() / wrong.as_secs_f64();
+    assert!(
+        (0.6..1.6).contains(&ratio),
+        "unknown {unknown:?} vs wrong {wrong:?}"
+    );
+    postern.stop().await;
+}
+
+/// One address may hold `max_connections_per_ip` connections per listener; the next one
+/// gets the protocol's "too many connections" reply.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_per_address_are_capped() {
+    let options = Options {
+        network_extra: "max_connections_per_ip = 2\n",
+        ..Options::default()
+    };
+    let (_dovecot, postern, _) = setup(options).await;
+    let (_a, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    let (_b, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    let (mut c, greeting) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    assert_eq!(greeting, "* BYE Too many connections from your address");
+    assert!(c.closed_within(Duration::from_secs(10)).await);
+    let from = "127.0.0.2".parse().unwrap();
+    let (_d, greeting) = ImapClient::connect_tls_from(from, postern.imaps, &postern.ca_path).await;
+    assert!(greeting.starts_with("* OK"), "another address: {greeting}");
+
+    let (_s1, _) = SmtpClient::connect_tls(postern.smtps, &postern.ca_path).await;
+    let (_s2, _) = SmtpClient::connect_tls(postern.smtps, &postern.ca_path).await;
+    let (_s3, greeting) = SmtpClient::connect_tls(postern.smtps, &postern.ca_path).await;
+    assert_eq!(greeting, "421 4.7.0 Too many connections from your address");
+    postern.stop().await;
+}
