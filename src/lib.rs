@@ -6,6 +6,7 @@
 //!   loop per listener ([`listener`]) and the HTTP endpoint ([`metrics`]), and drains on
 //!   shutdown.
 //! - [`listener`] only accepts: it caps concurrent connections and spawns a task per client.
+//! - [`proxy`] reads the PROXY header a trusted load balancer sends first, naming the client.
 //! - [`tls`] holds the rustls configurations, built once and shared.
 //! - [`imap`] runs the pre-auth conversation as a sans-I/O state machine
 //!   ([`imap::preauth`]) and drives it from the connection's task ([`imap::session`]).
@@ -23,6 +24,7 @@ pub mod connections;
 pub mod imap;
 pub mod listener;
 pub mod metrics;
+pub mod proxy;
 pub mod relay;
 pub mod sasl;
 pub mod server;

@@ -1,17 +1,20 @@
 //! The accept loop, and nothing else: cap concurrent connections, back off when accept
-//! fails (out of file descriptors), and spawn a task per client. TLS handshakes and
-//! everything slow happen inside that task, so one slow client never stalls the loop.
+//! fails (out of file descriptors), and spawn a task per client. The PROXY header, TLS
+//! handshakes and everything slow happen inside that task, so one slow client never
+//! stalls the loop.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::{ListenerConfig, Protocol};
 use crate::server::Gateway;
-use crate::{imap, smtp};
+use crate::{imap, proxy, smtp};
 
 /// Longest pause after repeated accept failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -34,7 +37,7 @@ pub async fn accept_loop(
                 Err(_) => return,
             },
         };
-        let (tcp, client) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             () = gateway.shutdown.cancelled() => return,
             accepted = socket.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -55,11 +58,77 @@ pub async fn accept_loop(
         let gateway = gateway.clone();
         let config = config.clone();
         tasks.spawn(async move {
-            match config.protocol {
-                Protocol::Imap => imap::session::serve(gateway, config, tcp, client).await,
-                Protocol::Smtp => smtp::session::serve(gateway, config, tcp, client).await,
+            let _slot = slot;
+            if !config.proxy_protocol {
+                return serve(gateway, config, tcp, peer).await;
             }
-            drop(slot);
+            let mut tcp = tcp;
+            let Some(client) = client_behind_balancer(&gateway, &config, &mut tcp, peer).await
+            else {
+                return;
+            };
+            // Every line the session logs names the balancer too.
+            let span = tracing::info_span!("proxied", via = %peer);
+            serve(gateway, config, tcp, client).instrument(span).await
         });
+    }
+}
+
+/// Runs the listener's protocol for `client`.
+async fn serve(
+    gateway: Arc<Gateway>,
+    config: Arc<ListenerConfig>,
+    tcp: TcpStream,
+    client: SocketAddr,
+) {
+    match config.protocol {
+        Protocol::Imap => imap::session::serve(gateway, config, tcp, client).await,
+        Protocol::Smtp => smtp::session::serve(gateway, config, tcp, client).await,
+    }
+}
+
+/// On a `proxy_protocol` listener: the client that the balancer at `peer` forwards, from
+/// its PROXY header (the peer itself for a header without an address, as in a health
+/// check). `None` when the connection must be closed: the peer is not one of
+/// `[network] proxy_sources`, or its header is missing, late or malformed.
+async fn client_behind_balancer(
+    gateway: &Gateway,
+    config: &ListenerConfig,
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+) -> Option<SocketAddr> {
+    let listener = config.name.as_str();
+    let peer_ip = peer.ip().to_canonical();
+    if !gateway
+        .network
+        .proxy_sources
+        .iter()
+        .any(|net| net.contains(&peer_ip))
+    {
+        tracing::info!(listener, %peer, "refused: not a PROXY source ([network] proxy_sources)");
+        return None;
+    }
+    let header = tokio::select! {
+        // Nothing to say goodbye to yet: just close.
+        () = gateway.shutdown.cancelled() => return None,
+        header = proxy::read_header(tcp, gateway.limits.proxy_header_timeout) => header,
+    };
+    match header {
+        Ok(Some(client)) => {
+            tracing::debug!(listener, %client, via = %peer, "PROXY header");
+            Some(client)
+        }
+        Ok(None) => {
+            tracing::debug!(listener, client = %peer, via = %peer, "PROXY header without a client address");
+            Some(peer)
+        }
+        Err(error @ (proxy::ProxyError::Closed | proxy::ProxyError::Io(_))) => {
+            tracing::debug!(listener, %peer, %error, "connection closed");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(listener, %peer, %error, "PROXY header refused; closing");
+            None
+        }
     }
 }

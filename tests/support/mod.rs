@@ -11,6 +11,7 @@
 
 pub mod certs;
 pub mod dovecot;
+pub mod haproxy;
 pub mod imap_client;
 pub mod postern;
 pub mod postgres;
