@@ -30,7 +30,7 @@ pub async fn accept_loop(
     let mut backoff = Duration::from_millis(5);
     loop {
         let slot = tokio::select! {
-            () = gateway.shutdown.cancelled() => return,
+            () = gateway.drain.cancelled() => return,
             // Unwrap-free: the semaphore is never closed.
             slot = slots.clone().acquire_owned() => match slot {
                 Ok(slot) => slot,
@@ -38,7 +38,7 @@ pub async fn accept_loop(
             },
         };
         let (tcp, peer) = tokio::select! {
-            () = gateway.shutdown.cancelled() => return,
+            () = gateway.drain.cancelled() => return,
             accepted = socket.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -110,7 +110,7 @@ async fn client_behind_balancer(
     }
     let header = tokio::select! {
         // Nothing to say goodbye to yet: just close.
-        () = gateway.shutdown.cancelled() => return None,
+        () = gateway.drain.cancelled() => return None,
         header = proxy::read_header(tcp, gateway.limits.proxy_header_timeout) => header,
     };
     match header {

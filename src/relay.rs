@@ -5,7 +5,6 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,12 +17,16 @@ use crate::stream::Stream;
 /// Why a relay ended.
 #[derive(Debug)]
 pub enum RelayEnd {
-    /// Both sides closed in turn (LOGOUT, QUIT).
-    Closed { to_upstream: u64, to_client: u64 },
+    /// The upstream closed, after LOGOUT or on its own; everything it sent was delivered.
+    Closed { to_client: u64 },
+    /// The client closed and the upstream did not follow within the linger time.
+    ClientClosed,
     /// No byte either way for the idle timeout.
     IdleTimeout,
-    /// The stop future completed (revocation, shutdown).
+    /// The stop future completed (revocation, the end of the shutdown grace).
     Stopped,
+    /// Draining for shutdown: the goodbye was sent at a quiet line boundary.
+    SaidGoodbye,
     /// A socket failed; the error says which side.
     Failed(io::Error),
 }
@@ -35,46 +38,144 @@ pub struct RelayCounters {
     pub to_client: IntCounter,
 }
 
-/// Copies `client` ⇄ `upstream` until both close, the idle timeout passes with no
-/// traffic, or `stop` completes. Both streams are shut down on return.
-pub async fn relay(
+/// A parting message for the client, sent once `when` completes and the upstream has
+/// gone quiet at the end of a line that announces no literal: then no response is cut
+/// in half by it (an IMAP `* BYE` may come between any two responses).
+pub struct Goodbye<F> {
+    pub when: F,
+    pub message: &'static [u8],
+}
+
+/// How long the upstream must have said nothing before the goodbye goes out.
+const QUIET_BEFORE_GOODBYE: Duration = Duration::from_millis(300);
+
+/// After the client closed its side, how long the upstream may take to finish and close
+/// its own.
+const LINGER_AFTER_CLIENT_CLOSED: Duration = Duration::from_secs(5);
+
+/// Copies `client` ⇄ `upstream` until the upstream closes (it has said its last word, so
+/// the session is over), the client closes and the upstream follows, the idle timeout
+/// passes with no traffic, `stop` completes, or the goodbye is said. Both streams are shut
+/// down on return.
+pub async fn relay<S, G>(
     client: Stream,
     upstream: Stream,
     idle_timeout: Duration,
     counters: RelayCounters,
-    stop: impl Future<Output = ()>,
-) -> RelayEnd {
-    let activity = Arc::new(AtomicU64::new(0));
+    stop: S,
+    goodbye: Goodbye<G>,
+) -> RelayEnd
+where
+    S: Future<Output = ()>,
+    G: Future<Output = ()>,
+{
+    let activity = AtomicU64::new(0);
     let started = Instant::now();
-    let mut client = Counted::new(client, counters.to_upstream, &activity, started);
-    let mut upstream = Counted::new(upstream, counters.to_client, &activity, started);
+    let from_upstream = Tail::default();
+    let client = Counted::new(client, counters.to_upstream, &activity, started, None);
+    let upstream = Counted::new(
+        upstream,
+        counters.to_client,
+        &activity,
+        started,
+        Some(&from_upstream),
+    );
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
 
     let end = {
-        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-        tokio::pin!(copy);
-        tokio::pin!(stop);
+        let to_client = tokio::io::copy(&mut upstream_read, &mut client_write);
+        let to_upstream = async {
+            let copied = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+            // Pass the client's close on: the upstream sees EOF and ends its side.
+            let _ = upstream_write.shutdown().await;
+            copied
+        };
+        tokio::pin!(to_client, to_upstream, stop);
+        let when = goodbye.when;
+        tokio::pin!(when);
+        let mut draining = false;
+        let mut client_closed_at = None;
         loop {
             let last = Duration::from_millis(activity.load(Ordering::Relaxed));
-            let deadline = started + last + idle_timeout;
+            let mut next_check = started + last + idle_timeout;
+            if draining {
+                let quiet_since = Duration::from_millis(from_upstream.at.load(Ordering::Relaxed));
+                next_check = (started + quiet_since + QUIET_BEFORE_GOODBYE)
+                    .max(Instant::now() + Duration::from_millis(50));
+            }
+            if let Some(closed_at) = client_closed_at {
+                next_check = next_check.min(closed_at + LINGER_AFTER_CLIENT_CLOSED);
+            }
             tokio::select! {
-                result = &mut copy => break match result {
-                    Ok((to_upstream, to_client)) => RelayEnd::Closed { to_upstream, to_client },
+                copied = &mut to_client => break match copied {
+                    Ok(to_client) => RelayEnd::Closed { to_client },
                     Err(error) => RelayEnd::Failed(error),
                 },
+                copied = &mut to_upstream, if client_closed_at.is_none() => match copied {
+                    Ok(_) => client_closed_at = Some(Instant::now()),
+                    Err(error) => break RelayEnd::Failed(error),
+                },
                 () = &mut stop => break RelayEnd::Stopped,
-                () = tokio::time::sleep_until(deadline) => {
+                () = &mut when, if !draining => draining = true,
+                () = tokio::time::sleep_until(next_check) => {
+                    if client_closed_at.is_some_and(|at| at.elapsed() >= LINGER_AFTER_CLIENT_CLOSED) {
+                        break RelayEnd::ClientClosed;
+                    }
+                    if draining && from_upstream.quiet_at_line_end(started, QUIET_BEFORE_GOODBYE) {
+                        break RelayEnd::SaidGoodbye;
+                    }
                     let now_last = Duration::from_millis(activity.load(Ordering::Relaxed));
-                    if now_last == last {
+                    if !draining && now_last == last && client_closed_at.is_none() {
                         break RelayEnd::IdleTimeout;
                     }
                 }
             }
         }
     };
+    if matches!(end, RelayEnd::SaidGoodbye) {
+        let _ = client_write.write_all(goodbye.message).await;
+    }
     // Best effort: the peer may already be gone.
-    let _ = client.inner.shutdown().await;
-    let _ = upstream.inner.shutdown().await;
+    let _ = client_write.shutdown().await;
+    let _ = upstream_write.shutdown().await;
     end
+}
+
+/// The end of what one side sent: when, and its last bytes, to find line boundaries.
+#[derive(Debug, Default)]
+struct Tail {
+    /// Milliseconds since the relay started, of the last read.
+    at: AtomicU64,
+    /// The last (up to) eight bytes read, oldest first, in the low bytes.
+    bytes: AtomicU64,
+}
+
+impl Tail {
+    fn record(&self, read: &[u8], at_ms: u64) {
+        let mut tail = self.bytes.load(Ordering::Relaxed);
+        for &byte in read.iter().rev().take(8).rev() {
+            tail = (tail << 8) | u64::from(byte);
+        }
+        self.bytes.store(tail, Ordering::Relaxed);
+        self.at.store(at_ms, Ordering::Relaxed);
+    }
+
+    /// Quiet for `quiet`, and the last thing sent ended a line that announces no literal.
+    fn quiet_at_line_end(&self, started: Instant, quiet: Duration) -> bool {
+        let at = Duration::from_millis(self.at.load(Ordering::Relaxed));
+        if started + at + quiet > Instant::now() {
+            return false;
+        }
+        let tail = self.bytes.load(Ordering::Relaxed).to_be_bytes();
+        match tail {
+            [.., b'}', b'\r', b'\n'] => false,
+            [.., b'\r', b'\n'] => true,
+            // Nothing relayed yet: the login reply ended a line.
+            [0, 0, 0, 0, 0, 0, 0, 0] => true,
+            _ => false,
+        }
+    }
 }
 
 /// A stream that counts the bytes read from it and stamps the time of the last read.
@@ -83,6 +184,7 @@ struct Counted<'a> {
     read_bytes: IntCounter,
     activity: &'a AtomicU64,
     started: Instant,
+    tail: Option<&'a Tail>,
 }
 
 impl<'a> Counted<'a> {
@@ -91,12 +193,14 @@ impl<'a> Counted<'a> {
         read_bytes: IntCounter,
         activity: &'a AtomicU64,
         started: Instant,
+        tail: Option<&'a Tail>,
     ) -> Self {
         Self {
             inner,
             read_bytes,
             activity,
             started,
+            tail,
         }
     }
 }
@@ -115,6 +219,9 @@ impl AsyncRead for Counted<'_> {
             this.read_bytes.inc_by(read as u64);
             let elapsed = this.started.elapsed().as_millis() as u64;
             this.activity.store(elapsed, Ordering::Relaxed);
+            if let Some(tail) = this.tail {
+                tail.record(&buf.filled()[before..], elapsed);
+            }
         }
         poll
     }
@@ -151,6 +258,49 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
+    fn never() -> Goodbye<std::future::Pending<()>> {
+        Goodbye {
+            when: std::future::pending(),
+            message: b"",
+        }
+    }
+
+    #[tokio::test]
+    async fn draining_says_goodbye_only_at_a_quiet_line_end_outside_a_literal() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, mut server) = pair().await;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let relay = tokio::spawn(relay(
+            Stream::Plain(client_side),
+            Stream::Plain(upstream_side),
+            Duration::from_secs(1800),
+            counters(),
+            std::future::pending(),
+            Goodbye {
+                when: async {
+                    let _ = rx.await;
+                },
+                message: b"* BYE bye\r\n",
+            },
+        ));
+        // A literal is announced and only half sent when the drain starts.
+        server
+            .write_all(b"* 1 FETCH (BODY[] {10}\r\n")
+            .await
+            .unwrap();
+        let mut got = [0u8; 24];
+        client.read_exact(&mut got).await.unwrap();
+        tx.send(()).unwrap();
+        tokio::time::sleep(QUIET_BEFORE_GOODBYE * 2).await;
+        assert!(!relay.is_finished(), "no goodbye inside a literal");
+        server.write_all(b"0123456789)\r\n").await.unwrap();
+        let end = relay.await.unwrap();
+        assert!(matches!(end, RelayEnd::SaidGoodbye), "{end:?}");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"0123456789)\r\n* BYE bye\r\n");
+    }
+
     fn counters() -> RelayCounters {
         RelayCounters {
             to_upstream: IntCounter::new("up", "up").unwrap(),
@@ -169,6 +319,7 @@ mod tests {
             Duration::from_secs(60),
             counters.clone(),
             std::future::pending(),
+            never(),
         ));
         client.write_all(b"a1 NOOP\r\n").await.unwrap();
         let mut got = [0u8; 9];
@@ -198,6 +349,7 @@ mod tests {
             Duration::from_secs(1800),
             counters(),
             std::future::pending(),
+            never(),
         ));
         tokio::time::sleep(Duration::from_secs(1000)).await;
         client.write_all(b"x").await.unwrap();
@@ -223,6 +375,7 @@ mod tests {
             async {
                 let _ = rx.await;
             },
+            never(),
         ));
         tx.send(()).unwrap();
         assert!(matches!(relay.await.unwrap(), RelayEnd::Stopped));

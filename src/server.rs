@@ -69,8 +69,12 @@ pub struct Gateway {
     pub connection_caps: Arc<ConnectionCaps>,
     /// The upstream SMTP server's EHLO capabilities and when they were read.
     smtp_capabilities: tokio::sync::Mutex<Option<(Instant, Capabilities)>>,
-    /// Cancelled when the gateway shuts down.
+    /// Cancelled when shutdown begins: stop accepting, and sessions say goodbye at their
+    /// next command boundary.
+    pub drain: CancellationToken,
+    /// Cancelled when the shutdown grace ends: whatever still runs stops now.
     pub shutdown: CancellationToken,
+    shutdown_grace: std::time::Duration,
     change_poll_interval: std::time::Duration,
 }
 
@@ -138,7 +142,9 @@ impl Gateway {
             metrics,
             store,
             imap_upstream,
+            drain: CancellationToken::new(),
             shutdown: CancellationToken::new(),
+            shutdown_grace: config.limits.shutdown_grace,
             change_poll_interval: config.auth.change_poll_interval,
         }))
     }
@@ -152,7 +158,7 @@ impl Gateway {
         let accept = tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(tcp));
         let result = tokio::select! {
             result = accept => result,
-            () = self.shutdown.cancelled() => return Err("shutdown during TLS handshake"),
+            () = self.drain.cancelled() => return Err("shutdown during TLS handshake"),
         };
         match result {
             Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls.into()))),
@@ -241,7 +247,10 @@ pub async fn run(
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) {
+    // Connections (accept loops and sessions) drain within the grace; the services
+    // (metrics endpoint, change follower) keep running until the end.
     let tasks = TaskTracker::new();
+    let services = TaskTracker::new();
     for (config, socket) in listeners {
         if let Ok(address) = socket.local_addr() {
             tracing::info!(listener = %config.name, protocol = config.protocol.as_str(), %address, "listening");
@@ -262,13 +271,13 @@ pub async fn run(
         if let Ok(address) = http.local_addr() {
             tracing::info!(%address, "metrics and health on http");
         }
-        tasks.spawn(async move {
+        services.spawn(async move {
             if let Err(error) = metrics::serve_http(http, health, stop).await {
                 tracing::error!(%error, "http endpoint failed");
             }
         });
     }
-    tasks.spawn(changes::follow(
+    services.spawn(changes::follow(
         gateway.store.clone(),
         gateway.verifier.clone(),
         gateway.sessions.clone(),
@@ -278,9 +287,25 @@ pub async fn run(
     ));
 
     shutdown.await;
-    tracing::info!("shutting down");
-    gateway.shutdown.cancel();
+    tracing::info!(
+        grace = ?gateway.shutdown_grace,
+        sessions = gateway.sessions.len(),
+        "shutting down: no new connections; sessions end at their next command boundary"
+    );
+    gateway.drain.cancel();
     tasks.close();
+    if tokio::time::timeout(gateway.shutdown_grace, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            sessions = gateway.sessions.len(),
+            "shutdown grace is over; closing the remaining sessions"
+        );
+    }
+    gateway.shutdown.cancel();
+    services.close();
     tasks.wait().await;
+    services.wait().await;
     tracing::info!("stopped");
 }

@@ -20,6 +20,7 @@ use crate::server::Gateway;
 use crate::stream::Stream;
 use crate::upstream::UpstreamError;
 
+const BYE_SHUTDOWN: &[u8] = b"* BYE Server shutting down, reconnect shortly\r\n";
 const TOO_MANY_CONNECTIONS: &[u8] = b"* BYE Too many connections from your address\r\n";
 
 /// Invalid commands tolerated before login.
@@ -215,8 +216,8 @@ async fn run(
             .preauth_idle_timeout
             .min(deadline.saturating_duration_since(Instant::now()));
         let read = tokio::select! {
-            () = gateway.shutdown.cancelled() => {
-                let _ = stream.write_all(b"* BYE Server shutting down\r\n").await;
+            () = gateway.drain.cancelled() => {
+                let _ = stream.write_all(BYE_SHUTDOWN).await;
                 return Outcome::Dropped("shutdown");
             }
             read = tokio::time::timeout(wait, stream.read(&mut buffer)) => read,
@@ -318,6 +319,10 @@ async fn relay_session(
             () = gateway.shutdown.cancelled() => {}
         }
     };
+    let goodbye = relay::Goodbye {
+        when: gateway.drain.cancelled(),
+        message: BYE_SHUTDOWN,
+    };
     let counters = RelayCounters {
         to_upstream: gateway
             .metrics
@@ -334,6 +339,7 @@ async fn relay_session(
         gateway.limits.authenticated_idle_timeout,
         counters,
         stop,
+        goodbye,
     )
     .await;
     active.dec();

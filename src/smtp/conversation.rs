@@ -623,6 +623,22 @@ impl Conversation {
         self.helo.as_deref()
     }
 
+    /// Lowers the message size limit, e.g. to the upstream's own limit learned after its
+    /// AUTH: a message over it is then refused with 552 here, instead of the upstream
+    /// cutting the transfer (which the client would see as a temporary failure). The
+    /// limit never rises.
+    pub fn limit_message_size(&mut self, max: u64) {
+        if max > 0 {
+            self.options.max_message_size = self.options.max_message_size.min(max);
+        }
+    }
+
+    /// Whether the client is between commands (not inside DATA or an AUTH exchange) with
+    /// nothing buffered: the moment to say goodbye when draining for shutdown.
+    pub fn between_commands(&self) -> bool {
+        self.phase == Phase::Commands && self.input.is_empty() && self.actions.is_empty()
+    }
+
     /// Recipients the upstream accepted in the current transaction.
     pub fn recipients(&self) -> u32 {
         self.recipients

@@ -197,7 +197,13 @@ impl Session<'_> {
                             started: Instant::now(),
                         };
                         match self.authenticate(&attempt, conversation.helo()).await {
-                            AuthOutcome::Granted => conversation.auth_granted(),
+                            AuthOutcome::Granted => {
+                                if let Some(upstream) = &self.upstream {
+                                    let size = upstream.capabilities().size.unwrap_or(0);
+                                    conversation.limit_message_size(size);
+                                }
+                                conversation.auth_granted();
+                            }
                             AuthOutcome::Refused => conversation.auth_refused(),
                             AuthOutcome::Unavailable => conversation.auth_unavailable(),
                         }
@@ -249,10 +255,18 @@ impl Session<'_> {
                     .preauth_idle_timeout
                     .min(login_deadline.saturating_duration_since(Instant::now()))
             };
+            // Draining: goodbye between commands; a message in flight is finished first,
+            // unless the grace runs out.
+            let goodbye_now = conversation.between_commands();
             let read = tokio::select! {
+                () = gateway.drain.cancelled(), if goodbye_now => {
+                    let _ = stream.write_all(SHUTTING_DOWN).await;
+                    let _ = stream.shutdown().await;
+                    return Outcome::Dropped("shutdown");
+                }
                 () = gateway.shutdown.cancelled() => {
                     let _ = stream.write_all(SHUTTING_DOWN).await;
-                    return Outcome::Dropped("shutdown");
+                    return Outcome::Dropped("shutdown grace over");
                 }
                 () = revoked(&self.live) => {
                     let _ = stream.write_all(REVOKED).await;
