@@ -170,7 +170,7 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::FAILURE)
         }
-        Command::Serve => serve(config).await,
+        Command::Serve => serve(config, &path).await,
         Command::Migrate => {
             let store = open_store(&config).await?;
             store.migrate().await?;
@@ -207,7 +207,7 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn serve(config: Config) -> Result<ExitCode> {
+async fn serve(config: Config, path: &std::path::Path) -> Result<ExitCode> {
     init_logging(&config);
     config.validate()?;
     for problem in config.deferred_problems() {
@@ -217,8 +217,43 @@ async fn serve(config: Config) -> Result<ExitCode> {
     store.migrate().await.context("migrating the store")?;
     let gateway = Gateway::new(&config, store).await?;
     let (listeners, http) = server::bind(&config).await?;
+    tokio::spawn(reload_on_hangup(gateway.clone(), path.to_owned()));
     server::run(gateway, listeners, Some(http), shutdown_signal()).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP: read the configuration again and apply what can change live. A file with
+/// problems changes nothing; the gateway keeps serving either way.
+async fn reload_on_hangup(gateway: std::sync::Arc<Gateway>, path: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reloading is unavailable");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let loaded = Config::load(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|config| {
+                config.validate()?;
+                Ok(config)
+            });
+        let config = match loaded {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::error!(error = %one_sentence(&error), "reload refused; keeping the running configuration");
+                continue;
+            }
+        };
+        match gateway.reload(&config).await {
+            Ok(()) => tracing::info!(
+                config = %path.display(),
+                "reloaded: certificate and upstreams apply to new connections; other settings need a restart"
+            ),
+            Err(error) => {
+                tracing::error!(%error, "reload failed; keeping the running configuration")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use std::time::Instant;
 
@@ -53,13 +53,14 @@ pub enum ServeError {
 /// Everything a session needs, built once and shared.
 pub struct Gateway {
     pub limits: Limits,
-    pub server_tls: Arc<rustls::ServerConfig>,
+    /// Swapped by [`Gateway::reload`]; read once per handshake.
+    server_tls: RwLock<Arc<rustls::ServerConfig>>,
     pub verifier: Verifier,
     pub sessions: Arc<LiveSessions>,
     pub metrics: Arc<Metrics>,
     pub store: Store,
-    pub imap_upstream: Option<Upstream>,
-    pub smtp_upstream: Option<Upstream>,
+    imap_upstream: RwLock<Option<Arc<Upstream>>>,
+    smtp_upstream: RwLock<Option<Arc<Upstream>>>,
     pub smtp: SmtpConfig,
     /// Trusted networks, PROXY header sources, per-address caps.
     pub network: NetworkConfig,
@@ -104,30 +105,11 @@ impl Gateway {
             },
         )
         .await?;
-        let imap_upstream = config
-            .upstream
-            .imap
-            .as_ref()
-            .map(Upstream::new)
-            .transpose()
-            .map_err(|source| ServeError::UpstreamTls {
-                protocol: "imap",
-                source,
-            })?;
-        let smtp_upstream = config
-            .upstream
-            .smtp
-            .as_ref()
-            .map(Upstream::new)
-            .transpose()
-            .map_err(|source| ServeError::UpstreamTls {
-                protocol: "smtp",
-                source,
-            })?;
+        let (imap_upstream, smtp_upstream) = upstreams(config)?;
         let quota = |n: u32| (n > 0).then_some(n);
         Ok(Arc::new(Gateway {
             limits: config.limits.clone(),
-            smtp_upstream,
+            smtp_upstream: RwLock::new(smtp_upstream),
             smtp: config.smtp.clone(),
             network: config.network.clone(),
             connection_caps: ConnectionCaps::new(config.network.max_connections_per_ip),
@@ -136,12 +118,12 @@ impl Gateway {
                 recipients_per_hour: quota(config.smtp.recipients_per_hour),
             }),
             smtp_capabilities: tokio::sync::Mutex::new(None),
-            server_tls,
+            server_tls: RwLock::new(server_tls),
             verifier,
             sessions: LiveSessions::new(),
             metrics,
             store,
-            imap_upstream,
+            imap_upstream: RwLock::new(imap_upstream),
             drain: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             shutdown_grace: config.limits.shutdown_grace,
@@ -151,10 +133,34 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// The IMAP upstream as configured now.
+    pub fn imap_upstream(&self) -> Option<Arc<Upstream>> {
+        read(&self.imap_upstream).clone()
+    }
+
+    /// The SMTP upstream as configured now.
+    pub fn smtp_upstream(&self) -> Option<Arc<Upstream>> {
+        read(&self.smtp_upstream).clone()
+    }
+
+    /// Applies what can change without a restart (SIGHUP): the certificate and key, and
+    /// the upstream sections (address, TLS, CA, login mode, master user, timeouts). New
+    /// connections and logins use them; established sessions keep what they have. All or
+    /// nothing: if anything fails to load, nothing changes.
+    pub async fn reload(&self, config: &Config) -> Result<(), ServeError> {
+        let server_tls = tls::server_config(&config.tls)?;
+        let (imap, smtp) = upstreams(config)?;
+        *write(&self.server_tls) = server_tls;
+        *write(&self.imap_upstream) = imap;
+        *write(&self.smtp_upstream) = smtp;
+        *self.smtp_capabilities.lock().await = None;
+        Ok(())
+    }
+
     /// The TLS handshake with a client, under the configured timeout; interrupted by
     /// shutdown. The error names what went wrong, for the connection's log line.
     pub async fn accept_tls(&self, tcp: TcpStream) -> Result<Stream, &'static str> {
-        let acceptor = TlsAcceptor::from(self.server_tls.clone());
+        let acceptor = TlsAcceptor::from(read(&self.server_tls).clone());
         let accept = tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(tcp));
         let result = tokio::select! {
             result = accept => result,
@@ -180,11 +186,11 @@ impl Gateway {
                 return capabilities.clone();
             }
         }
-        let Some(upstream) = &self.smtp_upstream else {
+        let Some(upstream) = self.smtp_upstream() else {
             return Capabilities::default();
         };
         let (capabilities, valid_for) =
-            match smtp_upstream::probe(upstream, &self.smtp.hostname).await {
+            match smtp_upstream::probe(&upstream, &self.smtp.hostname).await {
                 Ok(capabilities) => (capabilities, self.smtp.capabilities_refresh),
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the upstream SMTP capabilities");
@@ -198,6 +204,33 @@ impl Gateway {
         *cached = Some((stamp, capabilities.clone()));
         capabilities
     }
+}
+
+/// The configured upstreams, if any: (IMAP, SMTP).
+type Upstreams = (Option<Arc<Upstream>>, Option<Arc<Upstream>>);
+
+fn upstreams(config: &Config) -> Result<Upstreams, ServeError> {
+    let build = |section: &Option<crate::config::UpstreamConfig>, protocol: &'static str| {
+        section
+            .as_ref()
+            .map(|c| Upstream::new(c).map(Arc::new))
+            .transpose()
+            .map_err(|source| ServeError::UpstreamTls { protocol, source })
+    };
+    Ok((
+        build(&config.upstream.imap, "imap")?,
+        build(&config.upstream.smtp, "smtp")?,
+    ))
+}
+
+/// A read lock; the values behind these locks are replaced whole, so a poisoned lock
+/// still holds a consistent value.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How soon a failed capability probe is retried.

@@ -309,27 +309,12 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_starts_from_nothing_and_stops_cleanly_on_sigterm() {
     let work = Workdir::new();
-    let (imaps, imap, http) = (
-        support::free_port(),
-        support::free_port(),
-        support::free_port(),
-    );
-    work.edit("127.0.0.1:10993", &format!("127.0.0.1:{imaps}"));
-    work.edit("127.0.0.1:10143", &format!("127.0.0.1:{imap}"));
-    work.edit("127.0.0.1:9898", &format!("127.0.0.1:{http}"));
-    work.edit(
-        "127.0.0.1:10465",
-        &format!("127.0.0.1:{}", support::free_port()),
-    );
-    work.edit(
-        "127.0.0.1:10587",
-        &format!("127.0.0.1:{}", support::free_port()),
-    );
-    // Nothing listens upstream: logins get as far as the upstream connect.
-    work.edit(
-        "address = \"127.0.0.1:993\"",
-        &format!("address = \"127.0.0.1:{}\"", support::free_port()),
-    );
+    let Serving {
+        mut server,
+        imaps,
+        http,
+        health,
+    } = serve(&work);
     work.ok(&["user", "add", "dave@example.com"]);
     let created = work.json(&[
         "app-password",
@@ -340,24 +325,6 @@ async fn serve_starts_from_nothing_and_stops_cleanly_on_sigterm() {
         "--json",
     ]);
     let password = created["password"].as_str().unwrap().to_string();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_postern"))
-        .arg("serve")
-        .current_dir(work.path())
-        .env_remove("POSTERN_CONFIG")
-        .env("POSTERN_LOG", "trace")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let health = loop {
-        if let Some(response) = http_get(http, "/healthz") {
-            break response;
-        }
-        assert!(Instant::now() < deadline, "serve did not come up");
-        assert!(server.try_wait().unwrap().is_none(), "serve exited early");
-        std::thread::sleep(Duration::from_millis(20));
-    };
     assert!(
         health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"),
         "{health}"
@@ -430,4 +397,109 @@ async fn serve_starts_from_nothing_and_stops_cleanly_on_sigterm() {
     ] {
         assert!(!log.contains(&secret), "a credential reached the log");
     }
+}
+
+/// The real binary serving from `work`: every port moved to a free one, nothing listening
+/// upstream (logins get as far as the upstream connect), logging at trace level.
+struct Serving {
+    server: std::process::Child,
+    imaps: u16,
+    http: u16,
+    /// The first /healthz response.
+    health: String,
+}
+
+fn serve(work: &Workdir) -> Serving {
+    let (imaps, http) = (support::free_port(), support::free_port());
+    work.edit("127.0.0.1:10993", &format!("127.0.0.1:{imaps}"));
+    work.edit("127.0.0.1:9898", &format!("127.0.0.1:{http}"));
+    for port in ["127.0.0.1:10143", "127.0.0.1:10465", "127.0.0.1:10587"] {
+        work.edit(port, &format!("127.0.0.1:{}", support::free_port()));
+    }
+    work.edit(
+        "address = \"127.0.0.1:993\"",
+        &format!("address = \"127.0.0.1:{}\"", support::free_port()),
+    );
+    let mut server = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .arg("serve")
+        .current_dir(work.path())
+        .env_remove("POSTERN_CONFIG")
+        .env("POSTERN_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let health = loop {
+        if let Some(response) = http_get(http, "/healthz") {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "serve did not come up");
+        assert!(server.try_wait().unwrap().is_none(), "serve exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Serving {
+        server,
+        imaps,
+        http,
+        health,
+    }
+}
+
+/// SIGHUP swaps in a renewed certificate for new connections; a session that was
+/// already open keeps working, and the process keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_certificate_without_dropping_sessions() {
+    let work = Workdir::new();
+    let Serving {
+        mut server, imaps, ..
+    } = serve(&work);
+    let address = format!("127.0.0.1:{imaps}").parse().unwrap();
+    let old_cert = work.path().join("old.pem");
+    std::fs::copy(work.path().join("certs/postern.crt"), &old_cert).unwrap();
+    let (mut open_session, _) = ImapClient::connect_tls(address, &old_cert).await;
+
+    // The renewed pair, from a CA of its own, written over the configured files.
+    let ca = support::TestCa::new(work.path());
+    let (chain, key) = ca.issue(work.path(), "renewed", &["localhost", "127.0.0.1"]);
+    std::fs::copy(chain, work.path().join("certs/postern.crt")).unwrap();
+    std::fs::copy(key, work.path().join("certs/postern.key")).unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // Poll until new handshakes present the renewed certificate.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let renewed = support::imap_client::connector(&ca.ca_path)
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await;
+        if renewed.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        assert!(
+            server.try_wait().unwrap().is_none(),
+            "SIGHUP ended the process"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        open_session.command("a1", "NOOP").await,
+        vec!["a1 OK NOOP completed"]
+    );
+    Command::new("kill")
+        .arg(server.id().to_string())
+        .status()
+        .unwrap();
+    assert!(server.wait().unwrap().success());
 }

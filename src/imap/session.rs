@@ -249,12 +249,12 @@ async fn upstream_login(
     gateway: &Gateway,
     request: &LoginRequest<'_>,
 ) -> Result<LoggedIn, UpstreamError> {
-    let Some(upstream) = &gateway.imap_upstream else {
+    let Some(upstream) = gateway.imap_upstream() else {
         return Err(UpstreamError::Unsupported(
             "IMAP (no [upstream.imap] configured)",
         ));
     };
-    match imap_upstream::login(upstream, request).await {
+    match imap_upstream::login(&upstream, request).await {
         Ok((logged_in, connect_time)) => {
             gateway
                 .metrics

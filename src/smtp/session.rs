@@ -349,7 +349,7 @@ impl Session<'_> {
         helo: Option<&str>,
     ) -> Result<SmtpUpstream, UpstreamError> {
         let gateway = self.gateway;
-        let Some(upstream) = &gateway.smtp_upstream else {
+        let Some(upstream) = gateway.smtp_upstream() else {
             return Err(UpstreamError::Unsupported(
                 "SMTP (no [upstream.smtp] configured)",
             ));
@@ -360,7 +360,7 @@ impl Session<'_> {
             client_helo: helo,
             login: &grant.login,
         };
-        match smtp_upstream::login(upstream, &gateway.smtp.hostname, &request).await {
+        match smtp_upstream::login(&upstream, &gateway.smtp.hostname, &request).await {
             Ok((logged_in, connect_time)) => {
                 gateway
                     .metrics
