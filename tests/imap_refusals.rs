@@ -320,3 +320,33 @@ async fn on_a_postgresql_store_revocation_reaches_live_sessions() {
     assert_eq!(reply, format!("a1 {REFUSED}"));
     postern.stop().await;
 }
+
+/// Two instances sharing one PostgreSQL store: an app password revoked through one is
+/// refused by the other, and its live sessions on both are closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_through_one_instance_reaches_the_other() {
+    let postgres = support::Postgres::start();
+    let url = postgres.create_database("shared");
+    let dovecot = Dovecot::start();
+    dovecot.add_user("alice", "alice-direct-password");
+    let options = || Options {
+        store_url: Some(url.clone()),
+        ..Options::default()
+    };
+    let first = Postern::start_with(&dovecot, options()).await;
+    let second = Postern::start_with(&dovecot, options()).await;
+    first.add_user("alice@example.test", "alice").await;
+    let (id, password) = first
+        .issue("alice@example.test", &[Scope::Imap], None)
+        .await;
+
+    let mut on_first = idling_session(&first, &password).await;
+    let mut on_second = idling_session(&second, &password).await;
+    cli_ok(&first, &["app-password", "revoke", &id.to_string()]);
+    assert!(on_first.closed_within(Duration::from_secs(10)).await);
+    assert!(on_second.closed_within(Duration::from_secs(10)).await);
+    let (_, reply) = login(&second, "alice@example.test", &password).await;
+    assert_eq!(reply, format!("a1 {REFUSED}"));
+    first.stop().await;
+    second.stop().await;
+}
