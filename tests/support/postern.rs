@@ -19,6 +19,72 @@ use tokio::task::JoinHandle;
 
 use super::{Dovecot, TestCa};
 
+/// Everything postern logged in this test process: its own events at trace level.
+static CAPTURED: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// Credentials used in this process: none may ever appear in [`CAPTURED`].
+static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Wrong passwords the tests type; they are credentials too.
+const WRONG_PASSWORDS: &[&str] = &[
+    "aaaa bbbb cccc dddd",
+    "eeee ffff gggg hhhh",
+    "wxyz wxyz wxyz wxyz",
+];
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        CAPTURED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends postern's logs (trace level) and everyone else's (info) to [`CAPTURED`].
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,postern=trace"))
+            .with_ansi(false)
+            .with_writer(|| Capture)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        remember_secrets(WRONG_PASSWORDS.iter().map(|s| s.to_string()));
+    });
+}
+
+/// Adds credentials that must never be logged, in every form a client may type them.
+pub fn remember_secrets(secrets: impl IntoIterator<Item = String>) {
+    let mut known = SECRETS.lock().unwrap_or_else(|p| p.into_inner());
+    for secret in secrets {
+        let compact = secret.replace(' ', "");
+        known.push(compact.to_uppercase());
+        known.push(compact);
+        known.push(secret);
+    }
+}
+
+/// Panics if any remembered credential appears in anything logged so far.
+pub fn assert_no_secret_logged() {
+    let log = CAPTURED.lock().unwrap_or_else(|p| p.into_inner());
+    let log = String::from_utf8_lossy(&log);
+    for secret in SECRETS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a credential reached the log"
+        );
+    }
+}
+
 /// How postern is set up for a test.
 pub struct Options {
     /// `None`: a SQLite file in the temp dir.
@@ -95,6 +161,7 @@ impl Postern {
     }
 
     pub async fn start_with(dovecot: &Dovecot, options: Options) -> Postern {
+        capture_logs();
         let dir = tempfile::Builder::new()
             .prefix("postern-gateway-")
             .tempdir()
@@ -108,6 +175,7 @@ impl Postern {
             .unwrap_or_else(|| dovecot.master_password.clone());
         std::fs::write(&master_password_file, format!("{master_password}\n"))
             .expect("write master password");
+        remember_secrets([master_password.clone()]);
         let store_url = options
             .store_url
             .clone()
@@ -290,6 +358,7 @@ proxy_sources = {proxy_sources}
         )
         .await
         .expect("issue app password");
+        remember_secrets([issued.password.expose().clone()]);
         (issued.app_password.id, issued.password.expose().clone())
     }
 
@@ -303,7 +372,8 @@ proxy_sources = {proxy_sources}
         self.gateway.metrics.render()
     }
 
-    /// Stops the server and waits for every session to end.
+    /// Stops the server and waits for every session to end; then checks that no
+    /// credential this process used reached postern's logs.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -311,6 +381,7 @@ proxy_sources = {proxy_sources}
         if let Some(task) = self.task.take() {
             task.await.expect("server task");
         }
+        assert_no_secret_logged();
     }
 }
 
