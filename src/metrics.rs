@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -13,9 +14,9 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::store::Store;
+use crate::server::Gateway;
 
 /// Every metric postern exports; names and labels are part of the interface contract.
 pub struct Metrics {
@@ -180,7 +181,48 @@ impl Metrics {
             build_info,
             registry,
         };
+        metrics.start_at_zero();
         Arc::new(metrics)
+    }
+
+    /// Creates the known label combinations at zero, so a series exists before its first
+    /// event and `rate()` sees that event.
+    fn start_at_zero(&self) {
+        const RESULTS: &[&str] = &[
+            "ok",
+            "bad_password",
+            "unknown_user",
+            "disabled",
+            "revoked",
+            "expired",
+            "scope_denied",
+            "rate_limited",
+            "upstream_refused",
+            "upstream_unavailable",
+            "temporary_failure",
+        ];
+        for protocol in ["imap", "smtp"] {
+            self.sessions_active.with_label_values(&[protocol]).set(0);
+            for direction in ["to_upstream", "to_client"] {
+                self.relay_bytes.with_label_values(&[protocol, direction]);
+            }
+            for mechanism in ["login", "plain"] {
+                for result in RESULTS {
+                    self.auth_attempts
+                        .with_label_values(&[protocol, mechanism, result]);
+                }
+            }
+        }
+        for result in [
+            "accepted",
+            "rejected",
+            "sender_refused",
+            "quota_exceeded",
+            "too_large",
+            "upstream_failed",
+        ] {
+            self.smtp_messages.with_label_values(&[result]);
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -194,41 +236,64 @@ impl Metrics {
     }
 }
 
-/// What the HTTP endpoint needs to answer.
-#[derive(Clone)]
-pub struct Health {
-    pub metrics: Arc<Metrics>,
-    pub store: Store,
-}
-
 /// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` completes.
 pub async fn serve_http(
     listener: TcpListener,
-    health: Health,
+    gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(health);
+        .with_state(gateway);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-async fn metrics(State(health): State<Health>) -> impl IntoResponse {
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        health.metrics.render(),
+        gateway.metrics.render(),
     )
 }
 
-async fn ready(State(health): State<Health>) -> impl IntoResponse {
-    match health.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n"),
+/// How long each readiness check may take.
+const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ready when the store answers and every configured upstream accepts a TCP connection
+/// (the listeners are bound before this endpoint starts). One line per check.
+async fn ready(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+    let mut report = String::new();
+    let mut ready = true;
+    match tokio::time::timeout(READY_CHECK_TIMEOUT, gateway.store.ping()).await {
+        Ok(Ok(())) => report.push_str("store ok\n"),
+        _ => {
+            ready = false;
+            report.push_str("store unreachable\n");
+        }
     }
+    for (protocol, upstream) in [
+        ("imap", gateway.imap_upstream()),
+        ("smtp", gateway.smtp_upstream()),
+    ] {
+        let Some(upstream) = upstream else { continue };
+        let connect = TcpStream::connect(upstream.address.as_str());
+        match tokio::time::timeout(READY_CHECK_TIMEOUT, connect).await {
+            Ok(Ok(_)) => report.push_str(&format!("{protocol} upstream ok\n")),
+            _ => {
+                ready = false;
+                report.push_str(&format!("{protocol} upstream unreachable\n"));
+            }
+        }
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, report)
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::auth::{changes, Verifier};
 use crate::config::{Config, Limits, ListenerConfig, NetworkConfig, SmtpConfig};
 use crate::connections::ConnectionCaps;
 use crate::listener;
-use crate::metrics::{self, Health, Metrics};
+use crate::metrics::{self, Metrics};
 use crate::sessions::LiveSessions;
 use crate::smtp::quota::{QuotaLimits, Quotas};
 use crate::smtp::upstream::{self as smtp_upstream, Capabilities};
@@ -296,16 +296,13 @@ pub async fn run(
         ));
     }
     if let Some(http) = http {
-        let health = Health {
-            metrics: gateway.metrics.clone(),
-            store: gateway.store.clone(),
-        };
+        let http_gateway = gateway.clone();
         let stop = gateway.shutdown.clone().cancelled_owned();
         if let Ok(address) = http.local_addr() {
             tracing::info!(%address, "metrics and health on http");
         }
         services.spawn(async move {
-            if let Err(error) = metrics::serve_http(http, health, stop).await {
+            if let Err(error) = metrics::serve_http(http, http_gateway, stop).await {
                 tracing::error!(%error, "http endpoint failed");
             }
         });

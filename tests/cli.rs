@@ -329,9 +329,13 @@ async fn serve_starts_from_nothing_and_stops_cleanly_on_sigterm() {
         health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"),
         "{health}"
     );
-    assert!(http_get(http, "/readyz")
-        .unwrap()
-        .starts_with("HTTP/1.1 200"));
+    // The store answers; the upstream (nothing listens there) does not.
+    let ready = http_get(http, "/readyz").unwrap();
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(
+        ready.contains("store ok\nimap upstream unreachable\n"),
+        "{ready}"
+    );
     let metrics = http_get(http, "/metrics").unwrap();
     assert!(
         metrics.contains("postern_build_info{version=\""),

@@ -170,6 +170,12 @@ async fn outlook_and_apple_mail_scripts_work_over_both_listener_kinds() {
         outlook_session(&postern, &password, kind).await;
         apple_mail_session(&postern, &password, kind).await;
     }
+    let ready = postern.http_get("/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(
+        ready.ends_with("store ok\nimap upstream ok\nsmtp upstream ok\n"),
+        "{ready}"
+    );
     // Apple Mail's ID reached Dovecot with the client's real address.
     let log = dovecot.all_logs();
     assert!(

@@ -367,6 +367,24 @@ proxy_sources = {proxy_sources}
         cli(&self.config_path, args)
     }
 
+    /// GETs `path` from the HTTP endpoint; returns the whole response.
+    pub async fn http_get(&self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.http)
+            .await
+            .expect("connect http");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes())
+            .await
+            .expect("send request");
+        let mut response = String::new();
+        tcp.read_to_string(&mut response)
+            .await
+            .expect("read response");
+        response
+    }
+
     /// The Prometheus text exposition, as /metrics serves it.
     pub fn metrics(&self) -> String {
         self.gateway.metrics.render()
