@@ -284,11 +284,13 @@ impl Verifier {
         let succeeded = result == "ok";
         let client_ip = attempt.client.ip();
         let duration_ms = attempt.started.elapsed().as_millis() as u64;
-        // The login name is the client's text: Debug-quoted, so it cannot forge a line.
+        // The login name is the client's text: Debug-quoted, so it cannot forge a line,
+        // and capped, so it cannot fill the log.
+        let login: String = attempt.login.chars().take(256).collect();
         if succeeded {
-            tracing::info!(protocol = attempt.protocol.as_str(), login = ?attempt.login, mechanism = attempt.mechanism, result, app_password_id, %client_ip, duration_ms, "login");
+            tracing::info!(protocol = attempt.protocol.as_str(), login = ?login, mechanism = attempt.mechanism, result, app_password_id, %client_ip, duration_ms, "login");
         } else {
-            tracing::warn!(protocol = attempt.protocol.as_str(), login = ?attempt.login, mechanism = attempt.mechanism, result, app_password_id, %client_ip, duration_ms, "login failed");
+            tracing::warn!(protocol = attempt.protocol.as_str(), login = ?login, mechanism = attempt.mechanism, result, app_password_id, %client_ip, duration_ms, "login failed");
         }
         let store = self.store.clone();
         let login = password::normalize_login(attempt.login);
