@@ -1,5 +1,6 @@
-//! The accept loop, and nothing else: cap concurrent connections, back off when accept
-//! fails (out of file descriptors), and spawn a task per client. The PROXY header, TLS
+//! The accept loop, and nothing else: cap concurrent connections (telling the ones over
+//! the cap so, from a task of their own), back off when accept fails (out of file
+//! descriptors), and spawn a task per client. The PROXY header, TLS
 //! handshakes and everything slow happen inside that task, so one slow client never
 //! stalls the loop.
 
@@ -12,8 +13,9 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::{ListenerConfig, Protocol};
+use crate::config::{ListenerConfig, ListenerTls, Protocol};
 use crate::server::Gateway;
+use crate::stream::Stream;
 use crate::{imap, proxy, smtp};
 
 /// Longest pause after repeated accept failures.
@@ -27,16 +29,9 @@ pub async fn accept_loop(
     tasks: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     let mut backoff = Duration::from_millis(5);
     loop {
-        let slot = tokio::select! {
-            () = gateway.drain.cancelled() => return,
-            // Unwrap-free: the semaphore is never closed.
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
-            },
-        };
         let (tcp, peer) = tokio::select! {
             () = gateway.drain.cancelled() => return,
             accepted = socket.accept() => match accepted {
@@ -55,6 +50,19 @@ pub async fn accept_loop(
             .connections
             .with_label_values(&[&config.name, config.protocol.as_str()])
             .inc();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: tell the client so, from a task of its own (a TLS listener needs a
+            // handshake first); when even those are many, just close.
+            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                let (gateway, config) = (gateway.clone(), config.clone());
+                tasks.spawn(async move {
+                    refuse(&gateway, &config, tcp).await;
+                    drop(refusal);
+                });
+            }
+            tracing::warn!(listener = %config.name, %peer, "listener full (max_connections); refused");
+            continue;
+        };
         let gateway = gateway.clone();
         let config = config.clone();
         tasks.spawn(async move {
@@ -72,6 +80,31 @@ pub async fn accept_loop(
             serve(gateway, config, tcp, client).instrument(span).await
         });
     }
+}
+
+/// Connections being told "too many connections" at once, per listener.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+
+/// Answers a connection the listener has no room for with the protocol's temporary
+/// refusal. On a PROXY listener it just closes: the header would come first.
+async fn refuse(gateway: &Gateway, config: &ListenerConfig, tcp: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    if config.proxy_protocol {
+        return;
+    }
+    let mut stream = match config.tls {
+        ListenerTls::Implicit => match gateway.accept_tls(tcp).await {
+            Ok(stream) => stream,
+            Err(_) => return,
+        },
+        ListenerTls::Starttls => Stream::Plain(tcp),
+    };
+    let message: &[u8] = match config.protocol {
+        Protocol::Imap => b"* BYE Too many connections, try again later\r\n",
+        Protocol::Smtp => b"421 4.7.0 Too many connections, try again later\r\n",
+    };
+    let _ = stream.write_all(message).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Runs the listener's protocol for `client`.

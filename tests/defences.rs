@@ -219,3 +219,41 @@ async fn connections_per_address_are_capped() {
     assert_eq!(greeting, "421 4.7.0 Too many connections from your address");
     postern.stop().await;
 }
+
+/// A full listener answers the connections over its cap with the protocol's temporary
+/// refusal instead of leaving them hanging, and takes clients again once there is room.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_listener_says_so() {
+    let options = Options {
+        max_connections: 2,
+        ..Options::default()
+    };
+    let (_dovecot, postern, _) = setup(options).await;
+    let (a, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    let (_b, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    let (_, greeting) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    assert_eq!(greeting, "* BYE Too many connections, try again later");
+    let (_, greeting) = SmtpClient::connect_plain(postern.submission).await;
+    assert!(
+        greeting.starts_with("220 "),
+        "another listener has room: {greeting}"
+    );
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, greeting) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+        if greeting.starts_with("* OK") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slot was never reused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = postern.metrics();
+    assert!(
+        metric(
+            &metrics,
+            "postern_connections_total{listener=\"imaps\",protocol=\"imap\"}"
+        ) >= 4.0
+    );
+    postern.stop().await;
+}

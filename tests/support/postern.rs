@@ -102,6 +102,8 @@ pub struct Options {
     pub trusted_networks: &'static str,
     /// `[network] proxy_sources`.
     pub proxy_sources: &'static str,
+    /// `max_connections` of every listener.
+    pub max_connections: usize,
     /// More lines for the `[auth]` table.
     pub auth_extra: &'static str,
     /// More lines for the `[network]` table.
@@ -123,6 +125,7 @@ impl Default for Options {
             master_password: None,
             trusted_networks: r#"["127.0.0.0/8", "::1/128"]"#,
             proxy_sources: r#"["127.0.0.0/8", "::1/128"]"#,
+            max_connections: 10_000,
             auth_extra: "",
             network_extra: "",
             extra_config: String::new(),
@@ -203,6 +206,7 @@ protocol = "imap"
 bind = "127.0.0.1:0"
 tls = "implicit"
 proxy_protocol = {proxy_protocol}
+max_connections = {max_connections}
 
 [[listener]]
 name = "imap"
@@ -210,6 +214,7 @@ protocol = "imap"
 bind = "127.0.0.1:0"
 tls = "starttls"
 proxy_protocol = {proxy_protocol}
+max_connections = {max_connections}
 
 [[listener]]
 name = "smtps"
@@ -217,6 +222,7 @@ protocol = "smtp"
 bind = "127.0.0.1:0"
 tls = "implicit"
 proxy_protocol = {proxy_protocol}
+max_connections = {max_connections}
 
 [[listener]]
 name = "submission"
@@ -224,6 +230,7 @@ protocol = "smtp"
 bind = "127.0.0.1:0"
 tls = "starttls"
 proxy_protocol = {proxy_protocol}
+max_connections = {max_connections}
 
 [upstream.smtp]
 address = "127.0.0.1:{smtp_upstream_port}"
@@ -266,6 +273,7 @@ proxy_sources = {proxy_sources}
             master_password_file = master_password_file.display(),
             trusted_networks = options.trusted_networks,
             proxy_sources = options.proxy_sources,
+            max_connections = options.max_connections,
             auth_extra = options.auth_extra,
             network_extra = options.network_extra,
             extra = options.extra_config,
