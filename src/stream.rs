@@ -37,6 +37,17 @@ impl Stream {
         }
     }
 
+    /// Writes the replies queued in `output`, empties it, and flushes (TLS needs the
+    /// flush to put the record on the wire).
+    pub async fn send_queued(&mut self, output: &mut Vec<u8>) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        if !output.is_empty() {
+            self.write_all(output).await?;
+            output.clear();
+        }
+        self.flush().await
+    }
+
     /// The negotiated TLS version, for logs.
     pub fn tls_version(&self) -> Option<&'static str> {
         let Stream::Tls(tls) = self else { return None };

@@ -117,12 +117,12 @@ async fn run(
             match action {
                 Action::Send(bytes) => output.extend_from_slice(&bytes),
                 Action::Close => {
-                    let _ = flush(&mut stream, &mut output).await;
+                    let _ = stream.send_queued(&mut output).await;
                     let _ = stream.shutdown().await;
                     return Outcome::ClientLeft;
                 }
                 Action::StartTls => {
-                    if let Err(error) = flush(&mut stream, &mut output).await {
+                    if let Err(error) = stream.send_queued(&mut output).await {
                         return Outcome::ClientError(error);
                     }
                     let Ok(tcp) = stream.into_plain() else {
@@ -140,7 +140,7 @@ async fn run(
                     login,
                     password,
                 } => {
-                    if let Err(error) = flush(&mut stream, &mut output).await {
+                    if let Err(error) = stream.send_queued(&mut output).await {
                         return Outcome::ClientError(error);
                     }
                     let client_id = describe_client(machine.client_id());
@@ -209,7 +209,7 @@ async fn run(
             }
         }
 
-        if let Err(error) = flush(&mut stream, &mut output).await {
+        if let Err(error) = stream.send_queued(&mut output).await {
             return Outcome::ClientError(error);
         }
         let wait = limits
@@ -235,14 +235,6 @@ async fn run(
             Ok(Err(error)) => return Outcome::ClientError(error),
         }
     }
-}
-
-async fn flush(stream: &mut Stream, output: &mut Vec<u8>) -> std::io::Result<()> {
-    if !output.is_empty() {
-        stream.write_all(output).await?;
-        output.clear();
-    }
-    stream.flush().await
 }
 
 async fn upstream_login(
@@ -290,7 +282,7 @@ async fn relay_session(
         end,
     };
     let mut upstream = logged_in.stream;
-    if let Err(error) = flush(&mut client, &mut to_client).await {
+    if let Err(error) = client.send_queued(&mut to_client).await {
         return Outcome::ClientError(error);
     }
     if !pipelined.is_empty() {

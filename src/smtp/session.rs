@@ -161,13 +161,13 @@ impl Session<'_> {
                 match action {
                     Action::Send(bytes) => output.extend_from_slice(&bytes),
                     Action::Close => {
-                        let _ = flush(&mut stream, &mut output).await;
+                        let _ = stream.send_queued(&mut output).await;
                         let _ = stream.shutdown().await;
                         return Outcome::Closed;
                     }
                     Action::Quit => {}
                     Action::StartTls => {
-                        if let Err(error) = flush(&mut stream, &mut output).await {
+                        if let Err(error) = stream.send_queued(&mut output).await {
                             return Outcome::ClientError(error);
                         }
                         let Ok(tcp) = stream.into_plain() else {
@@ -184,7 +184,7 @@ impl Session<'_> {
                         login,
                         password,
                     } => {
-                        if let Err(error) = flush(&mut stream, &mut output).await {
+                        if let Err(error) = stream.send_queued(&mut output).await {
                             return Outcome::ClientError(error);
                         }
                         let attempt = LoginAttempt {
@@ -243,7 +243,7 @@ impl Session<'_> {
                     }
                 }
             }
-            if let Err(error) = flush(&mut stream, &mut output).await {
+            if let Err(error) = stream.send_queued(&mut output).await {
                 return Outcome::ClientError(error);
             }
 
@@ -613,12 +613,4 @@ async fn revoked(live: &Option<LiveSession>) {
         Some(live) => live.revoked().await,
         None => std::future::pending().await,
     }
-}
-
-async fn flush(stream: &mut Stream, output: &mut Vec<u8>) -> std::io::Result<()> {
-    if !output.is_empty() {
-        stream.write_all(output).await?;
-        output.clear();
-    }
-    stream.flush().await
 }
