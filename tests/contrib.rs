@@ -184,12 +184,14 @@ impl Server {
             format!("address = \"127.0.0.1:{}\"", support::free_port()),
         );
         edit("format = \"text\"", format!("format = \"{format}\""));
-        let trusted = "trusted_networks = [\"127.0.0.0/8\"]\n";
-        if config.contains("\n[network]\n") {
-            config = config.replacen("\n[network]\n", &format!("\n[network]\n{trusted}"), 1);
-        } else {
-            config.push_str(&format!("\n[network]\n{trusted}"));
-        }
+        // Loopback is trusted, so failed logins are not slowed or rate-limited by the
+        // penalties: every attempt produces its own line.
+        let example = "trusted_networks = []";
+        assert!(
+            config.contains(example),
+            "the example config sets trusted_networks"
+        );
+        config = config.replacen(example, "trusted_networks = [\"127.0.0.0/8\"]", 1);
         std::fs::write(dir.path().join("config/postern.toml"), config).unwrap();
         let log = dir.path().join("postern.log");
         Server {
