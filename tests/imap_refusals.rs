@@ -135,6 +135,12 @@ async fn credential_problems_share_one_reply_and_are_told_apart_inside() {
                 logins.iter().all(|e| e["client_ip"] == "127.0.0.1"),
                 "{logins:?}"
             );
+            // A right password that may no longer be used names its app password.
+            let revoked_event = logins.iter().find(|e| e["result"] == "revoked").unwrap();
+            assert_eq!(
+                revoked_event["app_password_id"], revoked_id,
+                "{revoked_event}"
+            );
             break;
         }
         assert!(

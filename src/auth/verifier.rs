@@ -62,7 +62,9 @@ impl Refusal {
 #[derive(Debug, Clone)]
 pub enum Verdict {
     Granted(Arc<Grant>),
-    Refused(Refusal),
+    /// Refused; with the app password concerned when the password matched one (revoked,
+    /// expired, disabled user, wrong scope), for the audit trail.
+    Refused(Refusal, Option<i64>),
     /// A penalty is running for the client's address or the login: answer with a
     /// temporary failure; nothing was looked up or hashed.
     RateLimited,
@@ -184,7 +186,7 @@ impl Verifier {
                 self.penalties.succeeded(ip, &login);
                 self.cache.insert(cache_key, grant.clone()).await;
             }
-            Verdict::Refused(_) => {
+            Verdict::Refused(..) => {
                 let delay = self.penalties.failed(ip, &login, cache_key);
                 tokio::time::sleep(delay).await;
             }
@@ -218,20 +220,20 @@ impl Verifier {
             } else {
                 Refusal::BadPassword
             };
-            return Ok(Verdict::Refused(refusal));
+            return Ok(Verdict::Refused(refusal, None));
         };
         if !self.hasher.verify(canonical, hash).await? {
-            return Ok(Verdict::Refused(Refusal::BadPassword));
+            return Ok(Verdict::Refused(Refusal::BadPassword, None));
         }
         // The password is right; now whether it may still be used.
         if app_password.revoked_at.is_some() {
-            return Ok(Verdict::Refused(Refusal::Revoked));
+            return Ok(Verdict::Refused(Refusal::Revoked, Some(app_password.id)));
         }
         if !app_password.is_live(now()) {
-            return Ok(Verdict::Refused(Refusal::Expired));
+            return Ok(Verdict::Refused(Refusal::Expired, Some(app_password.id)));
         }
         if user.disabled_at.is_some() {
-            return Ok(Verdict::Refused(Refusal::Disabled));
+            return Ok(Verdict::Refused(Refusal::Disabled, Some(app_password.id)));
         }
         let grant = Arc::new(Grant {
             user_id: user.id,
@@ -252,7 +254,7 @@ impl Verifier {
             Some(_) => Refusal::BadPassword,
             None => Refusal::UnknownUser,
         };
-        Ok(Verdict::Refused(refusal))
+        Ok(Verdict::Refused(refusal, None))
     }
 
     /// One verification that cannot succeed, so that a refusal costs what a real check
@@ -330,7 +332,7 @@ fn in_scope(grant: Arc<Grant>, protocol: Protocol) -> Verdict {
     if grant.scopes.contains(&wanted) {
         Verdict::Granted(grant)
     } else {
-        Verdict::Refused(Refusal::ScopeDenied)
+        Verdict::Refused(Refusal::ScopeDenied, Some(grant.app_password_id))
     }
 }
 

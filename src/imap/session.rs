@@ -156,8 +156,10 @@ async fn run(
                     let verdict = gateway.verifier.verify(&attempt).await;
                     let grant = match verdict {
                         Ok(Verdict::Granted(grant)) => grant,
-                        Ok(Verdict::Refused(refusal)) => {
-                            gateway.verifier.record(&attempt, refusal.as_str(), None);
+                        Ok(Verdict::Refused(refusal, app_password_id)) => {
+                            gateway
+                                .verifier
+                                .record(&attempt, refusal.as_str(), app_password_id);
                             machine.login_refused();
                             continue;
                         }

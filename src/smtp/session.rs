@@ -330,8 +330,10 @@ impl Session<'_> {
                 gateway.verifier.record(attempt, "rate_limited", None);
                 AuthOutcome::Unavailable
             }
-            Ok(Verdict::Refused(refusal)) => {
-                gateway.verifier.record(attempt, refusal.as_str(), None);
+            Ok(Verdict::Refused(refusal, app_password_id)) => {
+                gateway
+                    .verifier
+                    .record(attempt, refusal.as_str(), app_password_id);
                 AuthOutcome::Refused
             }
             Err(error) => {
