@@ -1,0 +1,133 @@
+//! The SMTP submission conversation on arbitrary client bytes.
+//!
+//! Input: byte 0 picks the options and how verdicts are given, byte 1 seeds the split of
+//! the rest into reads, and the rest is what the client sends. Each read is fed and the
+//! machine is driven until it has nothing to do, answering every action as a session
+//! would (the upstream says yes to everything but alternates on AUTH and on the sender
+//! check). Besides not panicking, every reply must be complete lines and the machine must
+//! never loop.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use postern::smtp::conversation::{Action, Conversation, ConversationOptions};
+
+/// More actions than any input this size can cause: more means a loop.
+const MAX_ACTIONS_PER_BYTE: usize = 64;
+
+fuzz_target!(|data: &[u8]| {
+    let [flags, split, client @ ..] = data else {
+        return;
+    };
+    let small = flags & 4 != 0;
+    let options = ConversationOptions {
+        tls_active: flags & 1 != 0,
+        starttls_available: flags & 2 != 0,
+        hostname: "mx.example.org".to_owned(),
+        // Small limits reach the too-long and too-large paths within a short input.
+        max_line: if small { 64 } else { 8 * 1024 },
+        max_header_bytes: if small { 128 } else { 64 * 1024 },
+        max_message_size: if small { 256 } else { 25 * 1024 * 1024 },
+        smtputf8: flags & 16 != 0,
+        dsn: flags & 32 != 0,
+        ..ConversationOptions::default()
+    };
+    let mut grant = flags & 8 == 0;
+    let mut accept = flags & 64 == 0;
+    let mut refuse_data = flags & 128 != 0;
+    let mut machine = Conversation::new(options);
+    assert!(machine.greeting().ends_with(b"\r\n"));
+
+    let mut budget = MAX_ACTIONS_PER_BYTE * (client.len() + 4);
+    let mut reads = Splitter::new(*split, client);
+    let mut closed = false;
+    while let Some(read) = reads.next() {
+        machine.feed(read);
+        while let Some(action) = machine.next_action() {
+            budget = budget
+                .checked_sub(1)
+                .expect("next_action keeps returning actions");
+            assert!(!closed, "an action after Close: {action:?}");
+            match action {
+                Action::Send(bytes) => {
+                    assert!(bytes.ends_with(b"\r\n"), "a reply that is not whole lines");
+                }
+                Action::StartTls => machine.tls_established(),
+                Action::Authenticate { login, .. } => {
+                    assert!(!login.is_empty());
+                    if grant {
+                        machine.auth_granted();
+                    } else {
+                        machine.auth_refused();
+                    }
+                    grant = !grant;
+                }
+                Action::MailFrom { line, .. } | Action::RcptTo { line, .. } => {
+                    assert!(line.ends_with(b"\r\n"));
+                    machine.reply(b"250 2.0.0 OK\r\n".to_vec());
+                }
+                Action::Data => {
+                    if refuse_data {
+                        machine.reply(b"451 4.7.1 Try later\r\n".to_vec());
+                    } else {
+                        machine.data_accepted();
+                    }
+                    refuse_data = !refuse_data;
+                }
+                Action::MessageHeader(header) => {
+                    assert!(!header.is_empty());
+                    if accept {
+                        machine.accept_message();
+                    } else {
+                        machine.reject_message(b"553 5.7.1 Sender not allowed\r\n".to_vec());
+                    }
+                    accept = !accept;
+                }
+                Action::MessageBody(_) | Action::MessageTooLarge | Action::Quit => {}
+                Action::MessageEnd | Action::Reset => {
+                    machine.reply(b"250 2.0.0 OK\r\n".to_vec());
+                }
+                Action::Close => closed = true,
+            }
+        }
+        let _ = machine.wants_input();
+        let _ = machine.between_commands();
+        let _ = machine.helo();
+        let _ = machine.login();
+        let _ = machine.recipients();
+    }
+});
+
+/// Splits the client's bytes into reads whose sizes come from a seeded xorshift: seed 0
+/// is one read of everything.
+struct Splitter<'a> {
+    state: u32,
+    rest: &'a [u8],
+}
+
+impl<'a> Splitter<'a> {
+    fn new(seed: u8, rest: &'a [u8]) -> Self {
+        let state = if seed == 0 {
+            0
+        } else {
+            u32::from(seed).wrapping_mul(0x9E37_79B9) | 1
+        };
+        Self { state, rest }
+    }
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let size = if self.state == 0 {
+            self.rest.len()
+        } else {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 17;
+            self.state ^= self.state << 5;
+            1 + (self.state % 48) as usize
+        };
+        let (read, rest) = self.rest.split_at(size.min(self.rest.len()));
+        self.rest = rest;
+        Some(read)
+    }
+}
