@@ -24,17 +24,13 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
 
 use base64::Engine as _;
 use postern::store::Scope;
 use sha2::{Digest, Sha256};
+use support::client_run::{run_client, Run};
 use support::postern::{metric, Postern};
 use support::Dovecot;
-
-/// How long one client process may run before the test kills it and fails.
-const CLIENT_DEADLINE: Duration = Duration::from_secs(60);
 
 const LOGIN: &str = "alice@example.test";
 const DIRECT_PASSWORD: &str = "alice-direct-password";
@@ -78,82 +74,6 @@ async fn setup(messages: &[Vec<u8>]) -> World {
         postern,
         password,
         scratch,
-    }
-}
-
-/// What a finished client left behind.
-struct Run {
-    what: String,
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
-
-impl Run {
-    fn stdout_text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-
-    /// Everything needed to understand a failure.
-    fn report(&self, dovecot: &Dovecot) -> String {
-        format!(
-            "{} exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n{}",
-            self.what,
-            self.status,
-            String::from_utf8_lossy(&self.stdout),
-            String::from_utf8_lossy(&self.stderr),
-            dovecot.all_logs()
-        )
-    }
-
-    /// Panics with the report unless the client exited 0.
-    fn assert_success(&self, dovecot: &Dovecot) {
-        assert!(self.status.success(), "{}", self.report(dovecot));
-    }
-}
-
-/// Runs a client to completion with stdout and stderr in files under `scratch` (so that
-/// what it printed survives a kill), stdin closed. Panics when it outlives
-/// [`CLIENT_DEADLINE`], with whatever it printed and Dovecot's log.
-async fn run_client(
-    what: &str,
-    cmd: &mut tokio::process::Command,
-    scratch: &Path,
-    dovecot: &Dovecot,
-) -> Run {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static RUNS: AtomicU32 = AtomicU32::new(0);
-    let n = RUNS.fetch_add(1, Ordering::SeqCst);
-    let out_path = scratch.join(format!("run{n}.stdout"));
-    let err_path = scratch.join(format!("run{n}.stderr"));
-    let out = std::fs::File::create(&out_path).expect("create stdout file");
-    let err = std::fs::File::create(&err_path).expect("create stderr file");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
-    let waited = tokio::time::timeout(CLIENT_DEADLINE, child.wait()).await;
-    let status = match waited {
-        Ok(status) => status.unwrap_or_else(|e| panic!("{what}: wait: {e}")),
-        Err(_) => {
-            let _ = child.kill().await;
-            panic!(
-                "{what} did not finish within {CLIENT_DEADLINE:?}\n--- stdout ---\n{}\n\
-                 --- stderr ---\n{}\n{}",
-                String::from_utf8_lossy(&std::fs::read(&out_path).unwrap_or_default()),
-                String::from_utf8_lossy(&std::fs::read(&err_path).unwrap_or_default()),
-                dovecot.all_logs()
-            );
-        }
-    };
-    Run {
-        what: what.to_string(),
-        status,
-        stdout: std::fs::read(&out_path).expect("read stdout file"),
-        stderr: std::fs::read(&err_path).expect("read stderr file"),
     }
 }
 

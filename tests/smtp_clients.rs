@@ -33,16 +33,12 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
 
 use postern::store::Scope;
 use sha2::{Digest, Sha256};
+use support::client_run::{run_client, Run};
 use support::postern::{metric, Postern};
 use support::Dovecot;
-
-/// How long one client process may run before the test kills it and fails.
-const CLIENT_DEADLINE: Duration = Duration::from_secs(60);
 
 const LOGIN: &str = "alice@example.test";
 const ALICE: &str = "alice@example.test";
@@ -175,91 +171,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 fn accepted_series() -> &'static str {
     "postern_smtp_messages_total{result=\"accepted\"}"
-}
-
-/// What a finished client left behind.
-struct Run {
-    what: String,
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
-
-impl Run {
-    fn stdout_text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-
-    fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr).into_owned()
-    }
-
-    /// Everything needed to understand a failure.
-    fn report(&self, dovecot: &Dovecot) -> String {
-        format!(
-            "{} exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n{}",
-            self.what,
-            self.status,
-            self.stdout_text(),
-            self.stderr_text(),
-            dovecot.all_logs()
-        )
-    }
-
-    /// Panics with the report unless the client exited 0.
-    fn assert_success(&self, dovecot: &Dovecot) {
-        assert!(self.status.success(), "{}", self.report(dovecot));
-    }
-
-    /// Panics with the report unless the client exited with `code`.
-    fn assert_exit(&self, code: i32, dovecot: &Dovecot) {
-        assert_eq!(self.status.code(), Some(code), "{}", self.report(dovecot));
-    }
-}
-
-/// Runs a client to completion with stdout and stderr in files under `scratch` (so that
-/// what it printed survives a kill), stdin closed. Panics when it outlives
-/// [`CLIENT_DEADLINE`], with whatever it printed and Dovecot's log.
-async fn run_client(
-    what: &str,
-    cmd: &mut tokio::process::Command,
-    scratch: &Path,
-    dovecot: &Dovecot,
-) -> Run {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static RUNS: AtomicU32 = AtomicU32::new(0);
-    let n = RUNS.fetch_add(1, Ordering::SeqCst);
-    let out_path = scratch.join(format!("run{n}.stdout"));
-    let err_path = scratch.join(format!("run{n}.stderr"));
-    let out = std::fs::File::create(&out_path).expect("create stdout file");
-    let err = std::fs::File::create(&err_path).expect("create stderr file");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
-    let waited = tokio::time::timeout(CLIENT_DEADLINE, child.wait()).await;
-    let status = match waited {
-        Ok(status) => status.unwrap_or_else(|e| panic!("{what}: wait: {e}")),
-        Err(_) => {
-            let _ = child.kill().await;
-            panic!(
-                "{what} did not finish within {CLIENT_DEADLINE:?}\n--- stdout ---\n{}\n\
-                 --- stderr ---\n{}\n{}",
-                String::from_utf8_lossy(&std::fs::read(&out_path).unwrap_or_default()),
-                String::from_utf8_lossy(&std::fs::read(&err_path).unwrap_or_default()),
-                dovecot.all_logs()
-            );
-        }
-    };
-    Run {
-        what: what.to_string(),
-        status,
-        stdout: std::fs::read(&out_path).expect("read stdout file"),
-        stderr: std::fs::read(&err_path).expect("read stderr file"),
-    }
 }
 
 // ---------------------------------------------------------------------------------------

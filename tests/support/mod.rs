@@ -10,6 +10,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
+pub mod client_run;
 pub mod dovecot;
 pub mod haproxy;
 pub mod imap_client;
