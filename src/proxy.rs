@@ -84,8 +84,7 @@ pub async fn read_header(
     let header = tokio::time::timeout(timeout, read_header_bytes(tcp))
         .await
         .map_err(|_| ProxyError::Timeout(timeout))??;
-    let client = parse(&header)?;
-    Ok(client.map(|address| SocketAddr::new(address.ip().to_canonical(), address.port())))
+    parse_header(&header)
 }
 
 /// Exactly the bytes of one header, v1 or v2.
@@ -133,13 +132,15 @@ async fn read_rest_of_line(tcp: &mut TcpStream, line: &mut Vec<u8>) -> Result<()
     Ok(())
 }
 
-/// The client address in one complete header (as [`read_header_bytes`] frames it).
-fn parse(header: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
-    if header.starts_with(V2_SIGNATURE) {
-        parse_v2(header)
+/// The client address in one complete header, v1 or v2, exactly as [`read_header`] frames
+/// it: `None` for a header that carries none. IPv4-mapped IPv6 addresses come back as IPv4.
+pub fn parse_header(header: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
+    let client = if header.starts_with(V2_SIGNATURE) {
+        parse_v2(header)?
     } else {
-        parse_v1(header)
-    }
+        parse_v1(header)?
+    };
+    Ok(client.map(|address| SocketAddr::new(address.ip().to_canonical(), address.port())))
 }
 
 fn parse_v1(line: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {

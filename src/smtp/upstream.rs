@@ -578,14 +578,14 @@ fn command_phase(line: &[u8]) -> &'static str {
 
 /// Bytes from the upstream that are not an SMTP reply, or a reply too large to be honest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Malformed;
+pub struct Malformed;
 
 /// The first complete reply at the start of `buffer` and how many bytes it took, or
 /// `Ok(None)` while more bytes are needed. Each line is `ddd-text` (more follow) or
 /// `ddd text` / `ddd` (the last), ended by CRLF or a bare LF, with the same code on every
 /// line; at most [`MAX_REPLY_LINES`] lines and [`MAX_REPLY_BYTES`] bytes. Garbage fails as
 /// soon as it is seen, not when the reply timeout runs out.
-fn parse_reply(buffer: &[u8]) -> Result<Option<(Reply, usize)>, Malformed> {
+pub fn parse_reply(buffer: &[u8]) -> Result<Option<(Reply, usize)>, Malformed> {
     let mut code = None;
     let mut at = 0;
     for _ in 0..MAX_REPLY_LINES {
