@@ -321,6 +321,22 @@ pub struct UpstreamConfig {
     /// Deadline for each upstream reply during greeting, TLS and login.
     #[serde(default = "default_upstream_reply_timeout", with = "duration")]
     pub reply_timeout: Duration,
+    /// IMAP: connections kept connected, TLS done and greeted ahead of logins, so that a
+    /// client's login waits only for the upstream's login; 0 turns this off.
+    #[serde(default = "default_warm_connections")]
+    pub warm_connections: usize,
+    /// How long a warm connection waits for a login before it is replaced: well under the
+    /// upstream's own timeout for clients that have not logged in.
+    #[serde(default = "default_warm_max_age", with = "duration")]
+    pub warm_max_age: Duration,
+}
+
+fn default_warm_connections() -> usize {
+    4
+}
+
+fn default_warm_max_age() -> Duration {
+    Duration::from_secs(20)
 }
 
 fn default_master_login_format() -> String {

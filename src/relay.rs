@@ -1,7 +1,10 @@
 //! The byte relay after login: copies both ways without parsing, counts bytes, closes
-//! an idle session, and stops at once when told to (revocation, shutdown).
+//! an idle session, and stops at once when told to (revocation, shutdown). An idle
+//! direction holds no buffer: most sessions sit in IDLE for hours, and their memory is
+//! what a gateway with thousands of them pays.
 
-use std::future::Future;
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,9 +87,9 @@ where
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
 
     let end = {
-        let to_client = tokio::io::copy(&mut upstream_read, &mut client_write);
+        let to_client = copy(&mut upstream_read, &mut client_write);
         let to_upstream = async {
-            let copied = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+            let copied = copy(&mut client_read, &mut upstream_write).await;
             // Pass the client's close on: the upstream sees EOF and ends its side.
             let _ = upstream_write.shutdown().await;
             copied
@@ -140,6 +143,111 @@ where
     let _ = client_write.shutdown().await;
     let _ = upstream_write.shutdown().await;
     end
+}
+
+/// Size of a relay buffer: a full TLS record's plaintext.
+const BUFFER_SIZE: usize = 16 * 1024;
+
+/// How many free buffers each worker thread keeps for the next read.
+const SPARE_BUFFERS: usize = 32;
+
+thread_local! {
+    /// Free relay buffers of this worker thread.
+    static SPARES: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A relay buffer, lent from this thread's spares and given back when dropped.
+struct Buffer(Option<Box<[u8]>>);
+
+impl Buffer {
+    fn lend() -> Self {
+        let spare = SPARES.with(|spares| spares.borrow_mut().pop());
+        Buffer(Some(
+            spare.unwrap_or_else(|| vec![0; BUFFER_SIZE].into_boxed_slice()),
+        ))
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().unwrap_or_default()
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.0.take() {
+            SPARES.with(|spares| {
+                let mut spares = spares.borrow_mut();
+                if spares.len() < SPARE_BUFFERS {
+                    spares.push(buffer);
+                }
+            });
+        }
+    }
+}
+
+/// Bytes read and not yet all written.
+struct InFlight {
+    buffer: Buffer,
+    written: usize,
+    filled: usize,
+}
+
+/// Copies `reader` to `writer` until the reader's end of file, and returns how many bytes
+/// it copied. Like `tokio::io::copy`, it flushes whenever the reader has nothing more for
+/// now; unlike it, it holds a buffer only while bytes are in flight: a read that would
+/// block gives its buffer back.
+async fn copy<R, W>(reader: &mut R, writer: &mut W) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut in_flight: Option<InFlight> = None;
+    let mut copied = 0u64;
+    let mut unflushed = false;
+    let mut at_end = false;
+    poll_fn(|cx| loop {
+        if at_end {
+            std::task::ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+            return Poll::Ready(Ok(copied));
+        }
+        if let Some(flight) = &mut in_flight {
+            let bytes = &flight.buffer.bytes()[flight.written..flight.filled];
+            let written = std::task::ready!(Pin::new(&mut *writer).poll_write(cx, bytes))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            flight.written += written;
+            copied += written as u64;
+            unflushed = true;
+            if flight.written == flight.filled {
+                in_flight = None;
+            }
+            continue;
+        }
+        let mut buffer = Buffer::lend();
+        let mut read = ReadBuf::new(buffer.bytes());
+        match Pin::new(&mut *reader).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) if read.filled().is_empty() => at_end = true,
+            Poll::Ready(Ok(())) => {
+                let filled = read.filled().len();
+                in_flight = Some(InFlight {
+                    buffer,
+                    written: 0,
+                    filled,
+                });
+            }
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            Poll::Pending => {
+                drop(buffer);
+                if unflushed {
+                    std::task::ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                    unflushed = false;
+                }
+                return Poll::Pending;
+            }
+        }
+    })
+    .await
 }
 
 /// The end of what one side sent: when, and its last bytes, to find line boundaries.
@@ -337,6 +445,53 @@ mod tests {
         ));
         assert_eq!(counters.to_upstream.get(), 9);
         assert_eq!(counters.to_client.get(), 7);
+    }
+
+    #[tokio::test]
+    async fn large_transfers_arrive_intact_both_ways_at_once() {
+        let (client, client_side) = pair().await;
+        let (upstream_side, server) = pair().await;
+        let relay = tokio::spawn(relay(
+            Stream::Plain(client_side),
+            Stream::Plain(upstream_side),
+            Duration::from_secs(60),
+            counters(),
+            std::future::pending(),
+            never(),
+        ));
+        // Not a multiple of the buffer size, and different each way.
+        let up: Vec<u8> = (0..3_000_017u32).map(|i| (i % 251) as u8).collect();
+        let down: Vec<u8> = (0..2_500_009u32).map(|i| (i % 241) as u8).collect();
+        // The client closes its sending side when done; the upstream closes only once it
+        // has everything, since the upstream's close ends the relay.
+        let upstream = async {
+            let (mut read, mut write) = server.into_split();
+            let mut got = Vec::new();
+            let (received, sent) = tokio::join!(read.read_to_end(&mut got), write.write_all(&down));
+            received.unwrap();
+            sent.unwrap();
+            write.shutdown().await.unwrap();
+            got
+        };
+        let client = async {
+            let (mut read, mut write) = client.into_split();
+            let sending = async {
+                write.write_all(&up).await.unwrap();
+                write.shutdown().await.unwrap();
+            };
+            let mut got = Vec::new();
+            let ((), received) = tokio::join!(sending, read.read_to_end(&mut got));
+            received.unwrap();
+            got
+        };
+        let (at_server, at_client) = tokio::join!(upstream, client);
+        assert!(at_server == up, "client to upstream");
+        assert!(at_client == down, "upstream to client");
+        let end = relay.await.unwrap();
+        assert!(
+            matches!(end, RelayEnd::Closed { to_client } if to_client == down.len() as u64),
+            "{end:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,6 +18,7 @@ use crate::auth::verifier::{AuthError, VerifierOptions};
 use crate::auth::{changes, Verifier};
 use crate::config::{Config, Limits, ListenerConfig, NetworkConfig, SmtpConfig};
 use crate::connections::ConnectionCaps;
+use crate::imap::warm::{self, WarmConnections};
 use crate::listener;
 use crate::metrics::{self, Metrics};
 use crate::sessions::LiveSessions;
@@ -60,6 +61,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     pub store: Store,
     imap_upstream: RwLock<Option<Arc<Upstream>>>,
+    /// IMAP upstream connections greeted ahead of logins.
+    pub imap_warm: WarmConnections,
     smtp_upstream: RwLock<Option<Arc<Upstream>>>,
     pub smtp: SmtpConfig,
     /// Trusted networks, PROXY header sources, per-address caps.
@@ -124,6 +127,7 @@ impl Gateway {
             metrics,
             store,
             imap_upstream: RwLock::new(imap_upstream),
+            imap_warm: WarmConnections::default(),
             drain: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             shutdown_grace: config.limits.shutdown_grace,
@@ -307,6 +311,7 @@ pub async fn run(
             }
         });
     }
+    services.spawn(warm::keep_ready(gateway.clone(), gateway.drain.clone()));
     services.spawn(changes::follow(
         gateway.store.clone(),
         gateway.verifier.clone(),

@@ -85,6 +85,9 @@ pub struct Upstream {
     connector: TlsConnector,
     pub connect_timeout: Duration,
     pub reply_timeout: Duration,
+    /// Connections to keep ready ahead of logins, and for how long each.
+    pub warm_connections: usize,
+    pub warm_max_age: Duration,
 }
 
 impl Upstream {
@@ -104,6 +107,8 @@ impl Upstream {
             connector: TlsConnector::from(client as Arc<_>),
             connect_timeout: config.connect_timeout,
             reply_timeout: config.reply_timeout,
+            warm_connections: config.warm_connections,
+            warm_max_age: config.warm_max_age,
         })
     }
 

@@ -186,13 +186,13 @@ async fn upstream_down_is_unavailable() {
     let (mut client, reply) = login(&postern, "alice@example.test", &password).await;
     assert_eq!(reply, format!("a1 {UNAVAILABLE}"));
     assert_eq!(attempts(&postern, "upstream_unavailable"), 1.0);
+    // The login's connect failed, and so may have the warm connections' attempts.
     let metrics = postern.metrics();
-    assert_eq!(
+    assert!(
         metric(
             &metrics,
             "postern_upstream_errors_total{protocol=\"imap\",reason=\"connect\"}"
-        ),
-        1.0,
+        ) >= 1.0,
         "{metrics}"
     );
     // Not counted as a failed login: the client may retry on the same connection.

@@ -190,6 +190,10 @@ async fn run(
                             let reply = format!("{tag} OK {}\r\n", logged_in.ok_text);
                             output.extend_from_slice(reply.as_bytes());
                             output.extend_from_slice(&logged_in.pending);
+                            // A session may relay for days: the password and the
+                            // pre-auth read buffer go now, not when it ends.
+                            drop(password);
+                            drop(buffer);
                             return relay_session(
                                 gateway, stream, output, pipelined, logged_in, &grant,
                             )
@@ -248,7 +252,21 @@ async fn upstream_login(
             "IMAP (no [upstream.imap] configured)",
         ));
     };
-    match imap_upstream::login(&upstream, request).await {
+    let result = match gateway.imap_warm.take(&upstream) {
+        Some(warm) => {
+            let connect_time = warm.connect_time;
+            match imap_upstream::log_in(warm, &upstream, request).await {
+                // The upstream dropped the warm connection just before it was taken.
+                Err(UpstreamError::Io { .. } | UpstreamError::Closed(_)) => {
+                    tracing::debug!("warm upstream connection was gone; connecting anew");
+                    imap_upstream::login(&upstream, request).await
+                }
+                result => result.map(|logged_in| (logged_in, connect_time)),
+            }
+        }
+        None => imap_upstream::login(&upstream, request).await,
+    };
+    match result {
         Ok((logged_in, connect_time)) => {
             gateway
                 .metrics

@@ -3,6 +3,10 @@
 //! a master-user LOGIN. What it returns is ready for the byte relay.
 
 use std::net::SocketAddr;
+use std::task::Context;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,12 +44,37 @@ pub struct LoggedIn {
     pub pending: Vec<u8>,
 }
 
-/// Connects and logs in. `Err(UpstreamError::Refused)` means the upstream rejected the
-/// user (the master login or the authorization); every other error means unavailable.
-pub async fn login(
-    upstream: &Upstream,
-    request: &LoginRequest<'_>,
-) -> Result<(LoggedIn, std::time::Duration), UpstreamError> {
+/// An upstream connection that is connected, upgraded to TLS where configured and
+/// greeted, with the capabilities it announced: ready for a login. Made ahead of time by
+/// the warm pool ([`crate::imap::warm`]) or on demand.
+pub struct Greeted {
+    conn: Conversation,
+    capabilities: String,
+    /// How long the TCP connect and TLS handshake took.
+    pub connect_time: Duration,
+    /// When it became ready.
+    pub ready_at: Instant,
+}
+
+impl Greeted {
+    /// Younger than `max_age`, and the upstream has sent nothing since its greeting: a
+    /// server that closed the connection (or said BYE) has made the socket readable.
+    pub fn is_usable(&self, max_age: Duration) -> bool {
+        if self.ready_at.elapsed() >= max_age || !self.conn.buffer.is_empty() {
+            return false;
+        }
+        let mut context = Context::from_waker(std::task::Waker::noop());
+        self.conn
+            .stream
+            .tcp()
+            .poll_read_ready(&mut context)
+            .is_pending()
+    }
+}
+
+/// Connects and waits for the greeting, doing STARTTLS when configured, and learns the
+/// capabilities.
+pub async fn connect(upstream: &Upstream) -> Result<Greeted, UpstreamError> {
     let (stream, connect_time) = upstream.connect().await?;
     let mut conn = Conversation::new(stream, upstream.reply_timeout);
 
@@ -76,29 +105,62 @@ pub async fn login(
             .await?;
         capabilities = reply.capabilities;
     }
-    let capabilities = capabilities.unwrap_or_default();
+    Ok(Greeted {
+        conn,
+        capabilities: capabilities.unwrap_or_default(),
+        connect_time,
+        ready_at: Instant::now(),
+    })
+}
+
+/// Logs in on a greeted connection: ID with the client's address, then the login, sent
+/// together so that the client waits for one upstream round trip. `Err(UpstreamError::Refused)`
+/// means the upstream rejected the user (the master login or the authorization); every
+/// other error means unavailable.
+pub async fn log_in(
+    greeted: Greeted,
+    upstream: &Upstream,
+    request: &LoginRequest<'_>,
+) -> Result<LoggedIn, UpstreamError> {
+    let Greeted {
+        mut conn,
+        capabilities,
+        ..
+    } = greeted;
     let has = |name: &str| {
         capabilities
             .split_ascii_whitespace()
             .any(|c| c.eq_ignore_ascii_case(name))
     };
 
-    if has("ID") {
-        let command = id_command("p2", request);
-        conn.command("p2", command.as_bytes(), "ID").await?;
-    }
+    // Pipelined in front of the login command; its reply is read first.
+    let id = if has("ID") {
+        id_command("p2", request)
+    } else {
+        String::new()
+    };
+    let id_sent = !id.is_empty();
 
     let password = upstream.master_password()?;
     let reply = match upstream.auth {
         UpstreamAuth::SaslPlainAuthzid => {
             let response = plain_response(request.upstream_user, &upstream.master_user, &password);
             if has("SASL-IR") {
-                let command =
-                    Secret::new(format!("p3 AUTHENTICATE PLAIN {}\r\n", response.expose()));
-                conn.command("p3", command.expose().as_bytes(), "login")
-                    .await?
+                let command = Secret::new(format!(
+                    "{id}p3 AUTHENTICATE PLAIN {}\r\n",
+                    response.expose()
+                ));
+                conn.send(command.expose().as_bytes(), "login").await?;
+                if id_sent {
+                    conn.read_tagged("p2", "ID").await?;
+                }
+                conn.read_tagged("p3", "login").await?
             } else {
-                conn.send(b"p3 AUTHENTICATE PLAIN\r\n", "login").await?;
+                conn.send(format!("{id}p3 AUTHENTICATE PLAIN\r\n").as_bytes(), "login")
+                    .await?;
+                if id_sent {
+                    conn.read_tagged("p2", "ID").await?;
+                }
                 conn.expect_continuation().await?;
                 let line = Secret::new(format!("{}\r\n", response.expose()));
                 conn.send(line.expose().as_bytes(), "login").await?;
@@ -108,12 +170,15 @@ pub async fn login(
         UpstreamAuth::MasterLogin => {
             let name = upstream.master_login_name(request.upstream_user);
             let command = Secret::new(format!(
-                "p3 LOGIN {} {}\r\n",
+                "{id}p3 LOGIN {} {}\r\n",
                 quoted(&name),
                 quoted(password.expose())
             ));
-            conn.command("p3", command.expose().as_bytes(), "login")
-                .await?
+            conn.send(command.expose().as_bytes(), "login").await?;
+            if id_sent {
+                conn.read_tagged("p2", "ID").await?;
+            }
+            conn.read_tagged("p3", "login").await?
         }
     };
     match reply.status {
@@ -135,14 +200,21 @@ pub async fn login(
         format!("[CAPABILITY {caps}] {}", reply.text)
     };
     let (stream, pending) = conn.into_parts();
-    Ok((
-        LoggedIn {
-            stream,
-            ok_text,
-            pending,
-        },
-        connect_time,
-    ))
+    Ok(LoggedIn {
+        stream,
+        ok_text,
+        pending,
+    })
+}
+
+/// Connects and logs in: [`connect`] then [`log_in`]. Returns how long connecting took.
+pub async fn login(
+    upstream: &Upstream,
+    request: &LoginRequest<'_>,
+) -> Result<(LoggedIn, Duration), UpstreamError> {
+    let greeted = connect(upstream).await?;
+    let connect_time = greeted.connect_time;
+    Ok((log_in(greeted, upstream, request).await?, connect_time))
 }
 
 /// `authzid NUL authcid NUL password`, base64: log in as the master, act as the user.
@@ -264,11 +336,11 @@ fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> 
 struct Conversation {
     stream: Stream,
     buffer: Vec<u8>,
-    timeout: std::time::Duration,
+    timeout: Duration,
 }
 
 impl Conversation {
-    fn new(stream: Stream, timeout: std::time::Duration) -> Self {
+    fn new(stream: Stream, timeout: Duration) -> Self {
         Self {
             stream,
             buffer: Vec::with_capacity(1024),
