@@ -15,6 +15,7 @@ use super::preauth::{Action, PreAuth, PreAuthOptions};
 use super::upstream::{self as imap_upstream, LoggedIn, LoginRequest};
 use crate::auth::{Grant, LoginAttempt, Verdict};
 use crate::config::{ListenerConfig, ListenerTls, Protocol};
+use crate::connections::Admitted;
 use crate::relay::{self, RelayCounters, RelayEnd};
 use crate::server::Gateway;
 use crate::stream::Stream;
@@ -54,9 +55,19 @@ pub async fn serve(
     // Replies are small and answer a waiting client: send them now, not after an ACK.
     let _ = tcp.set_nodelay(true);
     let span = tracing::info_span!("imap", listener = %listener.name, client = %client);
-    let outcome = run(&gateway, &listener, tcp, client)
+    // The pre-auth phase (TLS, parsing, verification, the upstream login) is boxed so its
+    // memory is freed before the relay, which is what an idle session keeps for hours.
+    let outcome = match Box::pin(pre_auth(&gateway, &listener, tcp, client))
         .instrument(span.clone())
-        .await;
+        .await
+    {
+        PreAuthEnd::Done(outcome) => outcome,
+        PreAuthEnd::Relay(session) => {
+            relay_session(&gateway, session)
+                .instrument(span.clone())
+                .await
+        }
+    };
     let _enter = span.enter();
     let duration_ms = started.elapsed().as_millis() as u64;
     match outcome {
@@ -81,26 +92,51 @@ pub async fn serve(
     }
 }
 
-async fn run(
+/// How the pre-auth phase ended: the connection is done, or logged in and ready to relay.
+enum PreAuthEnd {
+    Done(Outcome),
+    Relay(LoggedInSession),
+}
+
+impl From<Outcome> for PreAuthEnd {
+    fn from(outcome: Outcome) -> Self {
+        PreAuthEnd::Done(outcome)
+    }
+}
+
+/// A client logged in upstream, with what the relay starts from.
+struct LoggedInSession {
+    client: Stream,
+    /// The tagged OK and whatever the upstream sent after it, not yet sent to the client.
+    to_client: Vec<u8>,
+    /// What the client pipelined after its login command, not yet sent upstream.
+    pipelined: Vec<u8>,
+    logged_in: LoggedIn,
+    grant: Arc<Grant>,
+    /// The client's place under the per-address connection cap, held until the end.
+    _admitted: Admitted,
+}
+
+async fn pre_auth(
     gateway: &Gateway,
     listener: &ListenerConfig,
     tcp: TcpStream,
     client: SocketAddr,
-) -> Outcome {
+) -> PreAuthEnd {
     let limits = &gateway.limits;
     let deadline = Instant::now() + limits.login_deadline;
     let mut stream = match listener.tls {
         ListenerTls::Implicit => match gateway.accept_tls(tcp).await {
             Ok(stream) => stream,
-            Err(why) => return Outcome::Dropped(why),
+            Err(why) => return Outcome::Dropped(why).into(),
         },
         ListenerTls::Starttls => Stream::Plain(tcp),
     };
     let listener_name: Arc<str> = listener.name.as_str().into();
-    let Some(_admitted) = gateway.connection_caps.admit(&listener_name, client.ip()) else {
+    let Some(admitted) = gateway.connection_caps.admit(&listener_name, client.ip()) else {
         let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
         let _ = stream.shutdown().await;
-        return Outcome::Dropped("too many connections from the address");
+        return Outcome::Dropped("too many connections from the address").into();
     };
     let mut machine = PreAuth::new(PreAuthOptions {
         tls_active: stream.is_tls(),
@@ -119,18 +155,18 @@ async fn run(
                 Action::Close => {
                     let _ = stream.send_queued(&mut output).await;
                     let _ = stream.shutdown().await;
-                    return Outcome::ClientLeft;
+                    return Outcome::ClientLeft.into();
                 }
                 Action::StartTls => {
                     if let Err(error) = stream.send_queued(&mut output).await {
-                        return Outcome::ClientError(error);
+                        return Outcome::ClientError(error).into();
                     }
                     let Ok(tcp) = stream.into_plain() else {
-                        return Outcome::Dropped("STARTTLS inside TLS");
+                        return Outcome::Dropped("STARTTLS inside TLS").into();
                     };
                     stream = match gateway.accept_tls(tcp).await {
                         Ok(stream) => stream,
-                        Err(why) => return Outcome::Dropped(why),
+                        Err(why) => return Outcome::Dropped(why).into(),
                     };
                     machine.tls_established();
                 }
@@ -141,7 +177,7 @@ async fn run(
                     password,
                 } => {
                     if let Err(error) = stream.send_queued(&mut output).await {
-                        return Outcome::ClientError(error);
+                        return Outcome::ClientError(error).into();
                     }
                     let client_id = describe_client(machine.client_id());
                     let attempt = LoginAttempt {
@@ -194,10 +230,14 @@ async fn run(
                             // pre-auth read buffer go now, not when it ends.
                             drop(password);
                             drop(buffer);
-                            return relay_session(
-                                gateway, stream, output, pipelined, logged_in, &grant,
-                            )
-                            .await;
+                            return PreAuthEnd::Relay(LoggedInSession {
+                                client: stream,
+                                to_client: output,
+                                pipelined,
+                                logged_in,
+                                grant,
+                                _admitted: admitted,
+                            });
                         }
                         Err(error) => {
                             let result = match error {
@@ -216,7 +256,7 @@ async fn run(
         }
 
         if let Err(error) = stream.send_queued(&mut output).await {
-            return Outcome::ClientError(error);
+            return Outcome::ClientError(error).into();
         }
         let wait = limits
             .preauth_idle_timeout
@@ -224,7 +264,7 @@ async fn run(
         let read = tokio::select! {
             () = gateway.drain.cancelled() => {
                 let _ = stream.write_all(BYE_SHUTDOWN).await;
-                return Outcome::Dropped("shutdown");
+                return Outcome::Dropped("shutdown").into();
             }
             read = tokio::time::timeout(wait, stream.read(&mut buffer)) => read,
         };
@@ -234,11 +274,11 @@ async fn run(
                     .write_all(b"* BYE Autologout; idle for too long\r\n")
                     .await;
                 let _ = stream.shutdown().await;
-                return Outcome::Dropped("pre-auth timeout");
+                return Outcome::Dropped("pre-auth timeout").into();
             }
-            Ok(Ok(0)) => return Outcome::ClientLeft,
+            Ok(Ok(0)) => return Outcome::ClientLeft.into(),
             Ok(Ok(n)) => machine.feed(&buffer[..n]),
-            Ok(Err(error)) => return Outcome::ClientError(error),
+            Ok(Err(error)) => return Outcome::ClientError(error).into(),
         }
     }
 }
@@ -288,14 +328,15 @@ async fn upstream_login(
 
 /// Relays until the client or upstream leaves, the session idles out, its credential is
 /// revoked or expires, or the gateway shuts down.
-async fn relay_session(
-    gateway: &Gateway,
-    mut client: Stream,
-    mut to_client: Vec<u8>,
-    pipelined: Vec<u8>,
-    logged_in: LoggedIn,
-    grant: &Grant,
-) -> Outcome {
+async fn relay_session(gateway: &Gateway, session: LoggedInSession) -> Outcome {
+    let LoggedInSession {
+        mut client,
+        mut to_client,
+        pipelined,
+        logged_in,
+        grant,
+        _admitted,
+    } = session;
     let outcome = |end| Outcome::Relayed {
         login: grant.login.clone(),
         app_password_id: grant.app_password_id,

@@ -431,14 +431,14 @@ impl Conversation {
             }
             let stream = &mut self.stream;
             let buffer = &mut self.buffer;
+            // Read into the buffer's spare room, not a stack array: this future's size is
+            // what every login task carries.
+            buffer.reserve(4096);
             let read = within(phase, self.timeout, async {
-                let mut chunk = [0u8; 4096];
-                let n = stream
-                    .read(&mut chunk)
+                stream
+                    .read_buf(buffer)
                     .await
-                    .map_err(|source| UpstreamError::Io { phase, source })?;
-                buffer.extend_from_slice(&chunk[..n]);
-                Ok(n)
+                    .map_err(|source| UpstreamError::Io { phase, source })
             })
             .await?;
             if read == 0 {
