@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use postern::audit::AuditWriter;
 use postern::auth::hasher::PasswordHasher;
 use postern::auth::verifier::{now, VerifierOptions};
 use postern::auth::{LoginAttempt, Secret, Verdict, Verifier};
@@ -50,10 +51,13 @@ fn verifier(c: &mut Criterion) {
             .unwrap();
         let hasher =
             PasswordHasher::new(19_456, 2, 1, 0, std::time::Duration::from_secs(30)).unwrap();
+        let metrics = Metrics::new();
+        let audit = AuditWriter::start(store.clone(), &metrics, 10_000);
         let verifier = Verifier::new(
             store.clone(),
             hasher.clone(),
-            Metrics::new(),
+            metrics,
+            audit,
             VerifierOptions {
                 cache_ttl: std::time::Duration::from_secs(600),
                 cache_capacity: 1000,

@@ -173,18 +173,28 @@ pub struct StoreConfig {
     /// postern instances share one PostgreSQL store to see each other's revocations.
     #[serde(default = "default_store_url")]
     pub url: String,
+    /// Audit events (logins, messages) kept in memory while the store cannot be written;
+    /// they are written in order once it can. Beyond this many, new events are dropped
+    /// and counted in `postern_audit_events_dropped_total`.
+    #[serde(default = "default_audit_queue")]
+    pub audit_queue: usize,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: default_store_url(),
+            audit_queue: default_audit_queue(),
         }
     }
 }
 
 fn default_store_url() -> String {
     "sqlite://data/postern.db".into()
+}
+
+fn default_audit_queue() -> usize {
+    crate::audit::DEFAULT_CAPACITY
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -613,6 +623,9 @@ impl Config {
                 self.store.url
             ));
         }
+        if self.store.audit_queue == 0 {
+            problems.push("[store] audit_queue must be at least 1".to_string());
+        }
         let auth = &self.auth;
         if argon2::Params::new(
             auth.argon2_memory_kib,
@@ -760,6 +773,7 @@ mod tests {
     fn defaults_fill_what_the_file_leaves_out() {
         let config = Config::parse(MINIMAL).unwrap();
         assert_eq!(config.store.url, "sqlite://data/postern.db");
+        assert_eq!(config.store.audit_queue, 10_000);
         assert_eq!(config.auth.argon2_memory_kib, 19_456);
         assert_eq!(config.auth.max_app_passwords, 40);
         assert_eq!(config.limits.preauth_idle_timeout, Duration::from_secs(60));

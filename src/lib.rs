@@ -19,10 +19,12 @@
 //!   [`smtp::upstream`] log in there as the user.
 //! - [`relay`] copies IMAP bytes both ways once the user is logged in.
 //! - [`store`] keeps users, app passwords, the change feed and the audit trail in SQLite or
-//!   PostgreSQL; [`admin`] is what the CLI does with them.
+//!   PostgreSQL; [`admin`] is what the CLI does with them; [`audit`] queues the gateway's
+//!   login and message events in front of the store, so an outage delays them.
 //! - [`sessions`] tracks live sessions so that revoking an app password closes them.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod connections;

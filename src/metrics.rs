@@ -11,8 +11,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::net::{TcpListener, TcpStream};
 
@@ -41,6 +41,11 @@ pub struct Metrics {
     pub smtp_messages: IntCounterVec,
     /// Sessions closed because their app password was revoked, expired or its user disabled.
     pub revoked_sessions_closed: IntCounter,
+    /// Audit events lost: the queue was full while the store could not be written, the
+    /// store refused the event, or it was still waiting when postern stopped.
+    pub audit_events_dropped: IntCounter,
+    /// Audit events waiting to be written to the store.
+    pub audit_backlog: IntGauge,
     pub build_info: IntGaugeVec,
 }
 
@@ -115,6 +120,14 @@ impl Metrics {
         registry
             .register(Box::new(password_hash_seconds.clone()))
             .expect("registered once"); // Unwrap: constant
+        let audit_backlog = IntGauge::new(
+            "postern_audit_backlog",
+            "Audit events waiting to be written to the store.",
+        )
+        .expect("valid gauge"); // Unwrap: constant
+        registry
+            .register(Box::new(audit_backlog.clone()))
+            .expect("registered once"); // Unwrap: constant
 
         let metrics = Metrics {
             connections: counter_vec(
@@ -178,6 +191,13 @@ impl Metrics {
                 "postern_revoked_sessions_closed_total",
                 "Live sessions closed because their credential stopped being valid.",
             ),
+            audit_events_dropped: counter(
+                r,
+                "postern_audit_events_dropped_total",
+                "Audit events lost: queue full while the store could not be written, refused by \
+                 the store, or still waiting at exit.",
+            ),
+            audit_backlog,
             build_info,
             registry,
         };
@@ -344,6 +364,8 @@ mod tests {
             "postern_relay_bytes_total",
             "postern_smtp_messages_total",
             "postern_revoked_sessions_closed_total",
+            "postern_audit_events_dropped_total",
+            "postern_audit_backlog",
             "postern_build_info",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");

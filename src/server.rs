@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::AuditWriter;
 use crate::auth::hasher::{HashError, PasswordHasher};
 use crate::auth::verifier::{AuthError, VerifierOptions};
 use crate::auth::{changes, Verifier};
@@ -60,6 +61,8 @@ pub struct Gateway {
     pub sessions: Arc<LiveSessions>,
     pub metrics: Arc<Metrics>,
     pub store: Store,
+    /// Login and message audit events, queued in front of the store.
+    pub audit: AuditWriter,
     imap_upstream: RwLock<Option<Arc<Upstream>>>,
     /// IMAP upstream connections greeted ahead of logins.
     pub imap_warm: WarmConnections,
@@ -97,10 +100,12 @@ impl Gateway {
         let server_tls = tls::server_config(&config.tls)?;
         let metrics = Metrics::new();
         let hasher = password_hasher(config)?.with_histogram(metrics.password_hash_seconds.clone());
+        let audit = AuditWriter::start(store.clone(), &metrics, config.store.audit_queue);
         let verifier = Verifier::new(
             store.clone(),
             hasher,
             metrics.clone(),
+            audit.clone(),
             VerifierOptions {
                 cache_ttl: config.auth.cache_ttl,
                 cache_capacity: config.auth.cache_capacity,
@@ -126,6 +131,7 @@ impl Gateway {
             sessions: LiveSessions::new(),
             metrics,
             store,
+            audit,
             imap_upstream: RwLock::new(imap_upstream),
             imap_warm: WarmConnections::default(),
             drain: CancellationToken::new(),
@@ -237,6 +243,10 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// At shutdown, the audit queue is written within what remains of the grace once the
+/// sessions have ended, and at least this long.
+pub const AUDIT_FLUSH_MINIMUM: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How soon a failed capability probe is retried.
 const CAPABILITY_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -276,8 +286,9 @@ pub async fn bind(
     Ok((bound, http))
 }
 
-/// Serves until `shutdown` completes, then stops accepting, closes sessions and returns
-/// once every session task has ended.
+/// Serves until `shutdown` completes, then stops accepting, closes sessions, writes the
+/// queued audit events (within what is left of the grace, at least
+/// [`AUDIT_FLUSH_MINIMUM`]) and returns once every session task has ended.
 pub async fn run(
     gateway: Arc<Gateway>,
     listeners: Vec<(ListenerConfig, TcpListener)>,
@@ -322,6 +333,7 @@ pub async fn run(
     ));
 
     shutdown.await;
+    let grace_ends = tokio::time::Instant::now() + gateway.shutdown_grace;
     tracing::info!(
         grace = ?gateway.shutdown_grace,
         sessions = gateway.sessions.len(),
@@ -341,6 +353,20 @@ pub async fn run(
     gateway.shutdown.cancel();
     services.close();
     tasks.wait().await;
+    // Every session has ended, so no more audit events come: write the queued ones.
+    let flush = grace_ends
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(AUDIT_FLUSH_MINIMUM);
+    let waiting = gateway.audit.waiting();
+    let lost = gateway.audit.finish(flush).await;
+    if lost > 0 {
+        tracing::warn!(
+            lost,
+            "shutdown: audit events could not be written to the store in time; they are lost"
+        );
+    } else if waiting > 0 {
+        tracing::info!(written = waiting, "shutdown: queued audit events written");
+    }
     services.wait().await;
     tracing::info!("stopped");
 }

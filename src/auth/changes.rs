@@ -9,7 +9,9 @@ use crate::metrics::Metrics;
 use crate::sessions::LiveSessions;
 use crate::store::{self, Change, Store, StoreError};
 
-/// Polls the change feed every `interval` until `shutdown` completes.
+/// Polls the change feed every `interval` until `shutdown` completes. A store outage is
+/// logged once, and its end once; polling goes on through it and picks up where it left
+/// off, so no change is missed.
 pub async fn follow(
     store: Store,
     verifier: Verifier,
@@ -28,6 +30,8 @@ pub async fn follow(
     tokio::pin!(shutdown);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Since when polls have failed, while they do.
+    let mut failing: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             () = &mut shutdown => return,
@@ -36,10 +40,16 @@ pub async fn follow(
         let changes = match feed.poll(&store).await {
             Ok(changes) => changes,
             Err(error) => {
-                tracing::warn!(%error, "cannot poll the change feed");
+                if failing.is_none() {
+                    failing = Some(tokio::time::Instant::now());
+                    tracing::warn!(%error, "cannot poll the change feed; retrying until the store answers");
+                }
                 continue;
             }
         };
+        if let Some(since) = failing.take() {
+            tracing::info!(unavailable_for = ?since.elapsed(), "the change feed answers again");
+        }
         if changes.is_empty() {
             continue;
         }
@@ -84,17 +94,20 @@ impl Feed {
         })
     }
 
-    /// The changes not handled yet.
+    /// The changes not handled yet. Moves on only when every page was read: after a
+    /// failure, the next poll reads again from where this one started.
     async fn poll(&mut self, store: &Store) -> Result<Vec<Change>, StoreError> {
         let mut fresh = Vec::new();
+        let mut last = self.last;
         loop {
-            let page = store.changes_after(self.last).await?;
+            let page = store.changes_after(last).await?;
             let full = page.len() >= store::CHANGES_PAGE as usize;
-            if let Some(last) = page.last() {
-                self.last = last.id;
+            if let Some(change) = page.last() {
+                last = change.id;
             }
             fresh.extend(page);
             if !full {
+                self.last = last;
                 return Ok(fresh);
             }
         }

@@ -14,9 +14,10 @@ use super::hasher::{HashError, PasswordHasher};
 use super::password;
 use super::penalty::Penalties;
 use super::Secret;
+use crate::audit::{self, AuditWriter};
 use crate::config::Protocol;
 use crate::metrics::Metrics;
-use crate::store::{AuditEvent, Credential, Scope, Store, StoreError};
+use crate::store::{Credential, Scope, Store, StoreError};
 
 /// A login that may proceed: who the user is upstream and what the app password allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,14 +116,17 @@ pub struct Verifier {
     decoy_hash: String,
     penalties: Arc<Penalties>,
     metrics: Arc<Metrics>,
+    audit: AuditWriter,
 }
 
 impl Verifier {
     /// Reads the lookup key from the store and prepares the decoy hash (one hash now).
+    /// Login events go to `audit`.
     pub async fn new(
         store: Store,
         hasher: PasswordHasher,
         metrics: Arc<Metrics>,
+        audit: AuditWriter,
         options: VerifierOptions,
     ) -> Result<Self, AuthError> {
         let lookup_key = DigestKey::new(store.lookup_key().await?);
@@ -141,6 +145,7 @@ impl Verifier {
             decoy_hash,
             penalties: Arc::new(Penalties::new(options.trusted_networks)),
             metrics,
+            audit,
         })
     }
 
@@ -159,10 +164,12 @@ impl Verifier {
         self.cache.invalidate_all();
     }
 
-    /// Decides one login attempt. A cached verification answers at once; otherwise a
-    /// running penalty answers [`Verdict::RateLimited`] without hashing, and a refusal is
-    /// answered only after the penalty delay it earns. The caller reports the final
-    /// outcome, which may be an upstream failure, with [`Verifier::record`].
+    /// Decides one login attempt. A cached verification answers at once, without the
+    /// store; otherwise a running penalty answers [`Verdict::RateLimited`] without hashing,
+    /// and a refusal is answered only after the penalty delay it earns. When the store
+    /// cannot be read the answer is an [`AuthError`] (a temporary failure for the client)
+    /// and no penalty is counted: an outage is not the client's fault. The caller reports
+    /// the final outcome, which may be an upstream failure, with [`Verifier::record`].
     pub async fn verify(&self, attempt: &LoginAttempt<'_>) -> Result<Verdict, AuthError> {
         let login = password::normalize_login(attempt.login);
         let cache_key = self.cache_key.cache_key(&login, attempt.password);
@@ -266,9 +273,9 @@ impl Verifier {
     }
 
     /// Counts the attempt's final outcome, logs it (one line per attempt, with a plain
-    /// `client_ip` field for fail2ban), writes its audit event and, for a success, stamps
-    /// the app password's last use. The store writes happen in the background: the
-    /// client's reply does not wait on them.
+    /// `client_ip` field for fail2ban), and queues its audit event (which, for a success,
+    /// also stamps the app password's last use) with the [`AuditWriter`]: the client's
+    /// reply does not wait on the store, and a store outage delays the event.
     pub fn record(
         &self,
         attempt: &LoginAttempt<'_>,
@@ -294,33 +301,22 @@ impl Verifier {
         } else {
             tracing::warn!(protocol = attempt.protocol.as_str(), login = ?login, mechanism = attempt.mechanism, result, app_password_id, %client_ip, duration_ms, "login failed");
         }
-        let store = self.store.clone();
-        let login = password::normalize_login(attempt.login);
-        let protocol = attempt.protocol.as_str();
-        let client_ip = client_ip.to_string();
-        let client_id = attempt.client_id.map(str::to_owned);
-        tokio::spawn(async move {
-            let at = now();
-            let event = AuditEvent {
-                at,
-                kind: "login",
-                login: &login,
-                app_password_id,
-                protocol: Some(protocol),
-                client_ip: Some(&client_ip),
-                client_id: client_id.as_deref(),
-                result: Some(result),
-                detail: None,
-            };
-            if let Err(error) = store.record_audit(&event).await {
-                tracing::warn!(%error, "could not write the audit event of a login");
-            }
-            if let Some(id) = app_password_id.filter(|_| succeeded) {
-                if let Err(error) = store.record_use(id, at, Some(&client_ip)).await {
-                    tracing::warn!(%error, app_password_id = id, "could not record app password use");
-                }
-            }
-        });
+        let event = audit::Event {
+            at: now(),
+            kind: "login",
+            login: password::normalize_login(attempt.login),
+            app_password_id,
+            protocol: Some(attempt.protocol.as_str()),
+            client_ip: Some(client_ip.to_string()),
+            client_id: attempt.client_id.map(str::to_owned),
+            result: Some(result),
+            detail: None,
+        };
+        if succeeded && app_password_id.is_some() {
+            self.audit.record_use(event);
+        } else {
+            self.audit.record(event);
+        }
     }
 }
 

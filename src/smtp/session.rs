@@ -15,12 +15,12 @@ use tracing::Instrument;
 use super::conversation::{Action, Conversation, ConversationOptions};
 use super::policy::{self, HeaderFacts};
 use super::upstream::{self as smtp_upstream, LoginRequest, SmtpUpstream};
+use crate::audit;
 use crate::auth::verifier::now;
 use crate::auth::{Grant, LoginAttempt, Verdict};
 use crate::config::{ListenerConfig, ListenerTls, Protocol};
 use crate::server::Gateway;
 use crate::sessions::LiveSession;
-use crate::store::AuditEvent;
 use crate::stream::Stream;
 use crate::upstream::UpstreamError;
 
@@ -447,6 +447,11 @@ impl Session<'_> {
             self.count_message("quota_exceeded");
             return RECIPIENT_QUOTA.to_vec();
         }
+        // Lost in this transaction: a new upstream login would not know its MAIL and
+        // would answer a permanent 503 to what only needs a retry.
+        if self.upstream.is_none() {
+            return UPSTREAM_LOST.to_vec();
+        }
         let reply = self.relay_command(line, None).await;
         if reply.starts_with(b"2") {
             if let Some(message) = &mut self.message {
@@ -473,6 +478,7 @@ impl Session<'_> {
             return Err(HEADER_SENDER_REFUSED.to_vec());
         }
         let Some(upstream) = self.upstream.as_mut() else {
+            self.finish_message("upstream_failed", None);
             return Err(UPSTREAM_LOST.to_vec());
         };
         let reply = match upstream.command(b"DATA\r\n").await {
@@ -480,6 +486,7 @@ impl Session<'_> {
             Err(error) => {
                 tracing::warn!(%error, "upstream failed at DATA");
                 self.upstream = None;
+                self.finish_message("upstream_failed", None);
                 return Err(UPSTREAM_LOST.to_vec());
             }
         };
@@ -583,23 +590,16 @@ impl Session<'_> {
             message.facts.message_id.as_deref().unwrap_or("-"),
             upstream_code.map_or("-".to_string(), |c| c.to_string()),
         );
-        let store = self.gateway.store.clone();
-        let client_ip = self.client.ip().to_string();
-        tokio::spawn(async move {
-            let event = AuditEvent {
-                at: now(),
-                kind: "message",
-                login: &grant.login,
-                app_password_id: Some(grant.app_password_id),
-                protocol: Some("smtp"),
-                client_ip: Some(&client_ip),
-                client_id: None,
-                result: Some(result),
-                detail: Some(&detail),
-            };
-            if let Err(error) = store.record_audit(&event).await {
-                tracing::warn!(%error, "could not write the audit event of a message");
-            }
+        self.gateway.audit.record(audit::Event {
+            at: now(),
+            kind: "message",
+            login: grant.login.clone(),
+            app_password_id: Some(grant.app_password_id),
+            protocol: Some("smtp"),
+            client_ip: Some(self.client.ip().to_string()),
+            client_id: None,
+            result: Some(result),
+            detail: Some(detail),
         });
     }
 }

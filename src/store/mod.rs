@@ -20,7 +20,7 @@ use std::str::FromStr;
 use rand::rngs::OsRng;
 use rand::RngCore;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::error::BoxDynError;
+use sqlx::error::{BoxDynError, DatabaseError as _};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 
@@ -93,6 +93,66 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the database could not be reached or was busy (connection refused or lost,
+    /// no connection within [`ACQUIRE_TIMEOUT`], PostgreSQL shutting down or starting up,
+    /// a failover's read-only standby, SQLite's file locked by another writer): the same
+    /// operation may succeed later. Every other error (a refused statement, a value that
+    /// does not decode, a closed pool, the refusals the CLI reports) will not go away by
+    /// retrying.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Database(error) = self else {
+            return false;
+        };
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => {
+                if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    postgres_unavailable(pg.code())
+                } else if let Some(sqlite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                    sqlite
+                        .code()
+                        .and_then(|code| code.parse::<i32>().ok())
+                        .is_some_and(sqlite_unavailable)
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+/// PostgreSQL SQLSTATEs that say "not now" rather than "never": connection exceptions,
+/// insufficient resources, shutdown or startup in progress, a read-only standby,
+/// serialization failures and deadlocks, I/O errors.
+fn postgres_unavailable(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08")
+        || sqlstate.starts_with("53")
+        || matches!(
+            sqlstate,
+            "57P01" | "57P02" | "57P03" | "25006" | "40001" | "40P01" | "58030"
+        )
+}
+
+/// SQLite result codes (primary, from the extended code sqlx reports) that say "not now":
+/// BUSY (another writer holds the lock past the busy timeout), LOCKED, READONLY, IOERR,
+/// FULL, CANTOPEN, PROTOCOL.
+fn sqlite_unavailable(extended: i32) -> bool {
+    matches!(extended & 0xff, 5 | 6 | 8 | 10 | 13 | 14 | 15)
+}
+
+/// How long an operation waits for a connection before it fails with
+/// [`sqlx::Error::PoolTimedOut`] (sqlx retries a refused connection until then). Short, so
+/// that a login during a store outage gets its temporary failure in seconds, not sqlx's
+/// default 30. SQLite's busy timeout (how long a write waits for another writer's lock)
+/// is sqlx's default, also 5 seconds.
+pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Which database a [`Store`] talks to; picked by the URL's scheme.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -133,7 +193,7 @@ impl Store {
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
-        let mut options = AnyPoolOptions::new();
+        let mut options = AnyPoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT);
         let mut wal = false;
         let url = match backend {
             Backend::Postgres => url.to_owned(),
@@ -645,22 +705,34 @@ impl Store {
     /// Appends an audit event. The login is lowercased so that filtering by user finds
     /// every attempt, however it was typed.
     pub async fn record_audit(&self, event: &AuditEvent<'_>) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_events \
-             (at, kind, login, app_password_id, protocol, client_ip, client_id, result, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(event.at)
-        .bind(event.kind)
-        .bind(event.login.to_lowercase())
-        .bind(event.app_password_id)
-        .bind(event.protocol)
-        .bind(event.client_ip)
-        .bind(event.client_id)
-        .bind(event.result)
-        .bind(event.detail)
-        .execute(&self.pool)
-        .await?;
+        let mut conn = self.pool.acquire().await?;
+        Ok(insert_audit(&mut conn, event).await?)
+    }
+
+    /// Appends audit events in order and notes app password uses (`(id, at, ip)`, as
+    /// [`Store::record_use`] does; an app password removed since is skipped), all in one
+    /// transaction: either everything is written or nothing, so a retry after a failure
+    /// does not write an event twice.
+    pub async fn record_audit_batch(
+        &self,
+        events: &[AuditEvent<'_>],
+        uses: &[(i64, i64, Option<&str>)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        for event in events {
+            insert_audit(&mut tx, event).await?;
+        }
+        for &(app_password_id, at, ip) in uses {
+            sqlx::query(
+                "UPDATE app_passwords SET last_used_at = $2, last_used_ip = $3 WHERE id = $1",
+            )
+            .bind(app_password_id)
+            .bind(at)
+            .bind(ip)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -812,6 +884,27 @@ async fn find_user(conn: &mut AnyConnection, login: &str) -> Result<Option<User>
     Ok(Some(user))
 }
 
+/// Appends one audit event, its login lowercased.
+async fn insert_audit(conn: &mut AnyConnection, event: &AuditEvent<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_events \
+         (at, kind, login, app_password_id, protocol, client_ip, client_id, result, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(event.at)
+    .bind(event.kind)
+    .bind(event.login.to_lowercase())
+    .bind(event.app_password_id)
+    .bind(event.protocol)
+    .bind(event.client_ip)
+    .bind(event.client_id)
+    .bind(event.result)
+    .bind(event.detail)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// One app password and its owner's login.
 async fn find_app_password(
     conn: &mut AnyConnection,
@@ -952,6 +1045,35 @@ mod tests {
         assert_eq!(hex_decode_32(&text.to_uppercase()), Some(key));
         assert_eq!(hex_decode_32(&text[..62]), None);
         assert_eq!(hex_decode_32(&format!("zz{}", &text[2..])), None);
+    }
+
+    #[test]
+    fn outages_are_told_from_refusals() {
+        let io = |kind: std::io::ErrorKind| StoreError::Database(sqlx::Error::Io(kind.into()));
+        assert!(io(std::io::ErrorKind::ConnectionRefused).is_unavailable());
+        assert!(io(std::io::ErrorKind::UnexpectedEof).is_unavailable());
+        assert!(StoreError::Database(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(!StoreError::Database(sqlx::Error::PoolClosed).is_unavailable());
+        assert!(!StoreError::Database(sqlx::Error::RowNotFound).is_unavailable());
+        assert!(!StoreError::UnknownAppPassword(1).is_unavailable());
+        assert!(!StoreError::TagTaken.is_unavailable());
+
+        // PostgreSQL: shutting down, starting up, connection lost, standby, deadlock.
+        for sqlstate in ["57P01", "57P03", "08006", "53300", "25006", "40P01"] {
+            assert!(postgres_unavailable(sqlstate), "{sqlstate}");
+        }
+        // A unique violation, a syntax error, an undefined table.
+        for sqlstate in ["23505", "42601", "42P01"] {
+            assert!(!postgres_unavailable(sqlstate), "{sqlstate}");
+        }
+        // SQLite: BUSY, BUSY_SNAPSHOT (517), LOCKED, IOERR_WRITE (778); not CONSTRAINT
+        // (19), CONSTRAINT_UNIQUE (2067) or ERROR (1).
+        for code in [5, 517, 6, 778] {
+            assert!(sqlite_unavailable(code), "{code}");
+        }
+        for code in [19, 2067, 1] {
+            assert!(!sqlite_unavailable(code), "{code}");
+        }
     }
 
     #[test]

@@ -231,6 +231,24 @@ impl Postgres {
         )
     }
 
+    /// Starts a stopped server again on the same port and data dir, so clients that
+    /// knew it (a pool, postern) reconnect; returns once it accepts queries. The previous
+    /// run's log is kept as `postgres.log.1`, `.2`, …
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "postgres is still running");
+        let kept = (1..)
+            .map(|n| self.dir.join(format!("postgres.log.{n}")))
+            .find(|path| !path.exists())
+            .expect("a free log name");
+        let _ = fs::rename(self.log_path(), kept);
+        if let Err(log) = self.spawn() {
+            panic!(
+                "postgres did not start again on 127.0.0.1:{}\n{log}",
+                self.port
+            );
+        }
+    }
+
     /// Fast shutdown (SIGINT to the postmaster, like `pg_ctl stop -m fast`) and wait for
     /// it to exit and the port to close. Idempotent; also done on Drop.
     pub fn stop(&mut self) {
