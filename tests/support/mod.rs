@@ -12,6 +12,7 @@
 pub mod certs;
 pub mod client_run;
 pub mod dovecot;
+pub mod faulty;
 pub mod haproxy;
 pub mod imap_client;
 pub mod postern;
