@@ -17,6 +17,37 @@ use super::{
 
 const DOVECOT: &str = "/usr/sbin/dovecot";
 
+/// Optional settings for [`Dovecot::start_with`] (the benchmarks). `Default` is exactly
+/// the configuration [`Dovecot::start`] writes, which the tests rely on.
+#[derive(Clone, Debug, Default)]
+pub struct DovecotOptions {
+    /// Provision for this many concurrent IMAP sessions: `process_limit` of imap-login
+    /// and imap, `default_client_limit` for the shared services (auth, anvil, log, stats)
+    /// and `mail_max_userip_connections`. `None`: Dovecot's limits (100 processes per
+    /// service) and 1000 connections per user and address.
+    pub max_sessions: Option<u32>,
+    /// imap-login in Dovecot's "high-performance" mode (`service_count = 0`, one
+    /// long-lived login process per core, each proxying many clients' TLS) instead of
+    /// the default "high-security" mode (a new login process per connection).
+    pub login_high_performance: bool,
+    /// IMAP sessions served by one imap process (`client_limit`); `None`: 1, Dovecot's
+    /// default.
+    pub imap_client_limit: Option<u32>,
+    /// `submission_max_mail_size` in MiB (`None`: Dovecot's default, 40M in 2.3.19).
+    pub submission_max_mail_size_mib: Option<u64>,
+    /// Serve this certificate chain and key instead of a fresh leaf from the test CA;
+    /// `Dovecot::ca_path` then names `tls.ca`.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A certificate chain, its key and the CA that issued it (PEM files).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 pub struct Dovecot {
     pub imap_port: u16,
     pub imaps_port: u16,
@@ -25,7 +56,7 @@ pub struct Dovecot {
     pub lmtp_port: u16,
     /// The CA that issued Dovecot's certificate (for "localhost" and 127.0.0.1).
     pub ca: TestCa,
-    /// Same as `ca.ca_path`.
+    /// Same as `ca.ca_path` (or `DovecotOptions::tls`'s CA when given).
     pub ca_path: PathBuf,
     /// Master user: `LOGIN user*<master_user> <master_password>`, or SASL PLAIN with
     /// authzid=user, authcid=master_user.
@@ -42,6 +73,7 @@ pub struct Dovecot {
     /// (uid, gid) that mail files must belong to when we are root; None otherwise.
     mail_owner: Option<(u32, u32)>,
     users_generation: AtomicU64,
+    options: DovecotOptions,
     _tmp: tempfile::TempDir,
 }
 
@@ -49,6 +81,11 @@ impl Dovecot {
     /// Starts Dovecot with a fresh CA, certificate, empty user list and a random master
     /// password; returns once every listener accepts connections.
     pub fn start() -> Dovecot {
+        Self::start_with(DovecotOptions::default())
+    }
+
+    /// Like [`Dovecot::start`], with the optional settings in `options`.
+    pub fn start_with(options: DovecotOptions) -> Dovecot {
         let tmp = tempfile::Builder::new()
             .prefix("postern-dovecot-")
             .tempdir()
@@ -58,8 +95,13 @@ impl Dovecot {
         chmod(&dir, 0o755);
 
         let ca = TestCa::new(&dir);
-        let ca_path = ca.ca_path.clone();
-        let (cert, key) = ca.issue(&dir, "dovecot", &["localhost", "127.0.0.1"]);
+        let (ca_path, cert, key) = match &options.tls {
+            Some(tls) => (tls.ca.clone(), tls.cert.clone(), tls.key.clone()),
+            None => {
+                let (cert, key) = ca.issue(&dir, "dovecot", &["localhost", "127.0.0.1"]);
+                (ca.ca_path.clone(), cert, key)
+            }
+        };
 
         let root = is_root();
         let identity = if root {
@@ -118,6 +160,7 @@ impl Dovecot {
             child: None,
             mail_owner,
             users_generation: AtomicU64::new(0),
+            options,
             _tmp: tmp,
         };
 
@@ -239,10 +282,44 @@ impl Dovecot {
         line(&format!("submission_relay_port = {}", self.relay_port));
         // zlib + imap_zlib: COMPRESS=DEFLATE, which clients negotiate through postern.
         line("mail_plugins = $mail_plugins zlib");
-        line(
-            "protocol imap {\n  mail_max_userip_connections = 1000\n  \
-             mail_plugins = $mail_plugins imap_zlib\n}",
-        );
+        let options = &self.options;
+        let userip = options.max_sessions.unwrap_or(0).max(1000);
+        line(&format!(
+            "protocol imap {{\n  mail_max_userip_connections = {userip}\n  \
+             mail_plugins = $mail_plugins imap_zlib\n}}"
+        ));
+        if let Some(mib) = options.submission_max_mail_size_mib {
+            line(&format!("submission_max_mail_size = {mib}M"));
+        }
+        // Settings of imap-login and imap for many sessions (none by default).
+        let mut login_settings = String::new();
+        if let Some(sessions) = options.max_sessions {
+            line(&format!("default_client_limit = {}", 2 * sessions + 1000));
+            let processes = if options.login_high_performance {
+                4
+            } else {
+                sessions + 100
+            };
+            login_settings.push_str(&format!("  process_limit = {processes}\n"));
+            let per_process = options.imap_client_limit.unwrap_or(1).max(1);
+            line(&format!(
+                "service imap {{\n  process_limit = {}\n  client_limit = {per_process}\n}}",
+                sessions / per_process + 100
+            ));
+        } else if let Some(per_process) = options.imap_client_limit {
+            line(&format!(
+                "service imap {{\n  client_limit = {}\n}}",
+                per_process.max(1)
+            ));
+        }
+        if options.login_high_performance {
+            let clients = options.max_sessions.unwrap_or(0).max(1000) + 100;
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            login_settings.push_str(&format!(
+                "  service_count = 0\n  process_min_avail = {cores}\n  \
+                 client_limit = {clients}\n  vsz_limit = 2G\n"
+            ));
+        }
         line(&format!(
             "passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {dir}/masters\n  \
              master = yes\n  pass = yes\n}}"
@@ -257,7 +334,7 @@ impl Dovecot {
         // Without root, chroot is impossible: disable it where the defaults use it.
         let chroot = if is_root() { "" } else { "  chroot =\n" };
         line(&format!(
-            "service imap-login {{\n{chroot}  inet_listener imap {{\n    address = 127.0.0.1\n    \
+            "service imap-login {{\n{chroot}{login_settings}  inet_listener imap {{\n    address = 127.0.0.1\n    \
              port = {}\n  }}\n  inet_listener imaps {{\n    address = 127.0.0.1\n    port = {}\n    \
              ssl = yes\n  }}\n}}",
             self.imap_port, self.imaps_port
@@ -331,6 +408,11 @@ impl Dovecot {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+    }
+
+    /// The pid of the Dovecot master process (its services are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The user's Maildir (`<dir>/mail/<user>/Maildir`); may not exist yet.

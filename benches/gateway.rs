@@ -1,0 +1,1767 @@
+//! postern against direct Dovecot, side by side in one run (issue #6).
+//!
+//!     cargo bench --bench gateway                      # every row, 3 runs each
+//!     cargo bench --bench gateway -- login relay       # only these rows
+//!     BENCH_RUNS=5 cargo bench --bench gateway         # more runs
+//!
+//! Rows: `login`, `relay`, `idle`, `smtp`, `flood`, `growth`. It starts a private Dovecot
+//! (IMAP + submission; tests/support) and the release `postern` binary as a separate
+//! process in front of it (so its RSS and CPU are its own), then measures every row
+//! through postern and straight against Dovecot, alternating which goes first from run to
+//! run, and prints medians over the runs (min–max in brackets) and the ratio
+//! postern/direct. Clients are Rust (benches/load/): full TLS handshakes (no session
+//! resumption), TCP_NODELAY. Nothing here asserts a time: it measures.
+//!
+//! Environment:
+//! - `BENCH_RUNS` (3): repetitions of every row but idle;
+//! - `BENCH_IDLE_SESSIONS` ("1000,8000"): the idle session counts, ascending;
+//! - `BENCH_TLS_KEY` (`rsa`): `rsa` (RSA-2048, as the issue's reference numbers) or
+//!   `ecdsa` (P-256 from the test CA) for both servers' certificates;
+//! - `BENCH_TLS_RESUME` (unset): set to 1 to let the load clients resume TLS sessions;
+//! - `BENCH_DOVECOT_LOGIN` (`security`): `security` (a login process per connection,
+//!   Dovecot's default) or `performance` (`service_count = 0`, long-lived login
+//!   processes);
+//! - `BENCH_GROWTH_USERS` (1000000): the store size of the growth row's big case.
+//!
+//! Choices worth knowing when reading the numbers:
+//! - Dovecot's auth cache is off (`auth_cache_size = 0`, the harness's setting), so a
+//!   direct login is always "uncached"; the same direct numbers stand against both the
+//!   cached and the uncached postern rows. Dovecot's passwords are PLAIN (no hashing).
+//! - Uncached postern logins use a fresh app password per cycle (issued up front, many
+//!   per user, each used once), so every cycle pays the store lookup and one argon2id.
+//! - Penalties: postern's `trusted_networks` is only 127.0.0.3/32. Measured clients
+//!   connect from 127.0.0.1 and never fail a login; the flood row's penalised flooder
+//!   connects from 127.0.0.2 (penalties apply to it, and to the login it attacks), the
+//!   unpenalised one from 127.0.0.3 (every attempt reaches argon2: the worst case for
+//!   the hash pool). `max_connections_per_ip = 0` and `messages_per_hour = 0`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+mod load;
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use load::imap::{idle_session, login_cycle, ImapClient};
+use load::message::{mailbox_message, Generator};
+use load::net::{connector, rsa_chain, Target};
+use load::postern::{metric, PosternProcess, Settings};
+use load::procfs;
+use load::smtp::{measure_big_message, SmtpClient};
+use load::stats::{median, ms, Latencies};
+use postern::auth::digest::DigestKey;
+use postern::auth::password;
+use postern::store::{NewUser, Scope, Store};
+use rand::Rng;
+use support::dovecot::DovecotOptions;
+use support::Dovecot;
+use tokio::runtime::Runtime;
+use tokio::task::JoinSet;
+
+const MIB: u64 = 1024 * 1024;
+const DOMAIN: &str = "example.test";
+
+const ROWS: [&str; 6] = ["login", "relay", "idle", "smtp", "flood", "growth"];
+
+// Work per run (defaults sized for ~10 minutes in all on a 2-core machine).
+const CACHED_C1_CYCLES: usize = 150;
+const UNCACHED_C1_CYCLES: usize = 30;
+const C32: usize = 32;
+const CACHED_C32_PER_WORKER: usize = 15;
+const UNCACHED_C32_PER_WORKER: usize = 3;
+const RELAY_MAILBOX: usize = 2000;
+const RELAY_BIG_MIB: u64 = 10;
+const RELAY_BIG_FETCHES: usize = 4;
+const RELAY_LIST_FETCHES: usize = 3;
+const IDLE_USERS: usize = 200;
+const IDLE_OPENERS: usize = 32;
+const SMTP_CONNECTIONS: usize = 8;
+const SMTP_SMALL: (u64, usize) = (10 * 1024, 300);
+const SMTP_LARGE: (u64, usize) = (MIB, 40);
+const SMTP_HUGE_MIB: u64 = 50;
+const FLOOD_CYCLES: usize = 150;
+const FLOODERS: usize = 8;
+const GROWTH_CACHED_CYCLES: usize = 150;
+const GROWTH_UNCACHED_CYCLES: usize = 30;
+const LOOKUPS: usize = 2000;
+const SMALL_STORE_USERS: u64 = 1000;
+
+const PENALISED_FLOODER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const TRUSTED_FLOODER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+
+fn main() {
+    let wall = Instant::now();
+    let rows = selected_rows();
+    let runs: usize = env_parse("BENCH_RUNS", 3).max(1);
+    let idle_sizes: Vec<usize> = std::env::var("BENCH_IDLE_SESSIONS")
+        .unwrap_or_else(|_| "1000,8000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let rsa = std::env::var("BENCH_TLS_KEY").map_or(true, |v| v != "ecdsa");
+    let resume = std::env::var_os("BENCH_TLS_RESUME").is_some_and(|v| v == "1");
+    let login_performance =
+        std::env::var("BENCH_DOVECOT_LOGIN").is_ok_and(|v| v.starts_with("perf"));
+    let growth_users: u64 = env_parse("BENCH_GROWTH_USERS", 1_000_000);
+    let has = |row: &str| rows.iter().any(|r| r == row);
+
+    let (soft, hard) = load::system::raise_nofile();
+    let mut sysctls = Vec::new();
+    if has("idle") {
+        let max_idle = idle_sizes.iter().copied().max().unwrap_or(0) as u64;
+        for (name, value) in [
+            ("fs.inotify.max_user_instances", 2 * max_idle + 1024),
+            ("fs.inotify.max_user_watches", 8 * max_idle + 65536),
+        ] {
+            match load::system::Sysctl::raise(name, value) {
+                Ok(guard) => sysctls.extend(guard),
+                Err(why) => eprintln!(
+                    "WARNING: cannot raise {name} to {value} ({why}): Dovecot's IDLE may \
+                     fall back to polling"
+                ),
+            }
+        }
+    }
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "postern vs direct Dovecot: rows {rows:?}, {runs} run(s), {cores} cores, open files \
+         {soft}/{hard}, TLS {} ({}), Dovecot login processes: {}",
+        if rsa { "RSA-2048" } else { "ECDSA P-256" },
+        if resume {
+            "clients may resume"
+        } else {
+            "full handshakes"
+        },
+        if login_performance {
+            "high-performance"
+        } else {
+            "one per connection"
+        }
+    );
+
+    let tls_dir = tempfile::Builder::new()
+        .prefix("postern-bench-tls-")
+        .tempdir()
+        .unwrap();
+    let tls = rsa.then(|| rsa_chain(tls_dir.path()));
+    let idle_max = idle_sizes.iter().copied().max().unwrap_or(0) as u32;
+    let dovecot = Dovecot::start_with(DovecotOptions {
+        max_sessions: has("idle").then_some(idle_max + 200),
+        login_high_performance: login_performance,
+        imap_client_limit: None,
+        submission_max_mail_size_mib: Some(SMTP_HUGE_MIB + 8),
+        tls: tls.clone(),
+    });
+    let postern = PosternProcess::start(
+        &dovecot,
+        Settings {
+            imaps: true,
+            smtps: true,
+            tls: tls.clone(),
+            max_connections: 30_000,
+            extra: format!(
+                "[smtp]\nmax_message_size = {}\nmessages_per_hour = 0\nrecipients_per_hour = 0\n\n\
+                 [network]\ntrusted_networks = [\"127.0.0.3/32\"]\nmax_connections_per_ip = 0\n",
+                (SMTP_HUGE_MIB + 8) * MIB
+            ),
+            log_filter: None,
+        },
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores.max(2))
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let imap_postern = Target::new(
+        "postern",
+        postern.imaps.unwrap(),
+        connector(&postern.ca_path, resume),
+    );
+    let imap_direct = Target::new(
+        "direct",
+        ([127, 0, 0, 1], dovecot.imaps_port).into(),
+        connector(&dovecot.ca_path, resume),
+    );
+    let smtp_postern = Target::new(
+        "postern",
+        postern.smtps.unwrap(),
+        connector(&postern.ca_path, resume),
+    );
+    let smtp_direct = Target::new(
+        "direct",
+        ([127, 0, 0, 1], dovecot.submissions_port).into(),
+        connector(&dovecot.ca_path, resume),
+    );
+
+    let setup_started = Instant::now();
+    let store = runtime
+        .block_on(Store::open(&postern.store_url))
+        .expect("open postern's store");
+    let mut plan = Plan::default();
+    if has("login") || has("growth") {
+        plan.fresh = runs * (UNCACHED_C1_CYCLES + C32 * UNCACHED_C32_PER_WORKER) + 8;
+    }
+    if has("growth") {
+        plan.fresh += runs * GROWTH_UNCACHED_CYCLES + 1;
+        plan.singles = runs * 2 * GROWTH_UNCACHED_CYCLES + 4;
+    }
+    let accounts = runtime.block_on(create_accounts(&dovecot, &postern, &store, &plan, &rows));
+    if has("relay") {
+        fill_mailboxes(&dovecot);
+    }
+    if has("growth") {
+        let now = runtime.block_on(count_users(&postern.store_url));
+        if now < SMALL_STORE_USERS {
+            runtime.block_on(bulk_users(&postern.store_url, SMALL_STORE_USERS - now));
+        }
+    }
+    println!(
+        "setup: {:.1} s (accounts, app passwords, mailboxes)",
+        setup_started.elapsed().as_secs_f64()
+    );
+
+    let bench = Bench {
+        dovecot,
+        postern,
+        store,
+        imap_postern,
+        imap_direct,
+        smtp_postern,
+        smtp_direct,
+        accounts,
+        runs,
+        report: Mutex::new(Report::default()),
+    };
+    runtime.block_on(bench.warm_up());
+    for row in &rows {
+        let started = Instant::now();
+        match row.as_str() {
+            "login" => runtime.block_on(bench.login()),
+            "relay" => runtime.block_on(bench.relay()),
+            "idle" => bench.idle(&runtime, &idle_sizes),
+            "smtp" => runtime.block_on(bench.smtp()),
+            "flood" => runtime.block_on(bench.flood()),
+            "growth" => runtime.block_on(bench.growth(growth_users)),
+            _ => unreachable!(),
+        }
+        println!("row {row}: {:.1} s", started.elapsed().as_secs_f64());
+    }
+
+    println!();
+    bench.report.lock().unwrap().print(runs);
+    println!(
+        "\nwhole run: {:.1} s (cargo bench --bench gateway{})",
+        wall.elapsed().as_secs_f64(),
+        if rows.len() == ROWS.len() {
+            String::new()
+        } else {
+            format!(" -- {}", rows.join(" "))
+        }
+    );
+    let errors = bench.postern.log();
+    let warnings = errors
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("could not"))
+        .count();
+    if warnings > 0 {
+        println!("postern logged {warnings} error/could-not line(s); first ones:");
+        for line in errors
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("could not"))
+            .take(5)
+        {
+            println!("  {line}");
+        }
+    }
+    bench.postern.stop();
+    drop(sysctls);
+}
+
+fn selected_rows() -> Vec<String> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    if args.is_empty() {
+        return ROWS.iter().map(|s| s.to_string()).collect();
+    }
+    for a in &args {
+        assert!(
+            ROWS.contains(&a.as_str()),
+            "unknown row {a:?}; rows: {}",
+            ROWS.join(" ")
+        );
+    }
+    // In the suite's order.
+    ROWS.iter()
+        .filter(|r| args.iter().any(|a| a == *r))
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------------------
+// Accounts
+
+/// One user as postern knows it and as Dovecot does.
+#[derive(Clone, Debug)]
+struct Account {
+    /// postern login (`name@example.test`).
+    login: String,
+    /// App password.
+    password: String,
+    /// Dovecot user name.
+    upstream: String,
+    /// Dovecot password.
+    direct_password: String,
+}
+
+impl Account {
+    fn address(&self) -> String {
+        format!("{}@{DOMAIN}", self.upstream)
+    }
+
+    /// (login, password) for `target`.
+    fn credentials(&self, target: &Target) -> (String, String) {
+        if target.name == "postern" {
+            (self.login.clone(), self.password.clone())
+        } else {
+            (self.upstream.clone(), self.direct_password.clone())
+        }
+    }
+}
+
+#[derive(Default)]
+struct Plan {
+    /// Single-use app passwords on users holding 40 each.
+    fresh: usize,
+    /// Users with exactly one app password, each used once uncached.
+    singles: usize,
+}
+
+#[derive(Default)]
+struct Accounts {
+    /// c0..c31: one app password each, logged in cached.
+    cached: Vec<Account>,
+    /// Single-use credentials on users with 40 app passwords each.
+    fresh: Mutex<VecDeque<Account>>,
+    /// A user with 40 app passwords, used cached.
+    forty: Option<Account>,
+    /// Users with one app password, each used once.
+    singles: Mutex<VecDeque<Account>>,
+    relay_list: Option<Account>,
+    relay_big: Option<Account>,
+    idle: Vec<Account>,
+    smtp: Vec<Account>,
+    sink: String,
+    victim: Option<Account>,
+}
+
+impl Accounts {
+    fn take_fresh(&self) -> Option<Account> {
+        self.fresh.lock().unwrap().pop_front()
+    }
+
+    fn take_single(&self) -> Option<Account> {
+        self.singles.lock().unwrap().pop_front()
+    }
+}
+
+/// Users in postern's store and Dovecot, and their app passwords, issued in-process
+/// (argon2id on the configured pool) before anything is measured.
+async fn create_accounts(
+    dovecot: &Dovecot,
+    postern: &PosternProcess,
+    store: &Store,
+    plan: &Plan,
+    rows: &[String],
+) -> Accounts {
+    let has = |row: &str| rows.iter().any(|r| r == row);
+    let config = postern::config::Config::load(&postern.config_path).expect("postern config");
+    let hasher = postern::server::password_hasher(&config).expect("hasher");
+    let key = DigestKey::new(store.lookup_key().await.expect("lookup key"));
+    let issuer = Issuer {
+        store: store.clone(),
+        hasher,
+        key: Arc::new(key),
+        max_live: config.auth.max_app_passwords,
+    };
+    // (user, number of app passwords) to create.
+    let mut users: Vec<(String, usize)> = Vec::new();
+    let cached_users = if has("login") || has("growth") {
+        C32
+    } else {
+        1
+    };
+    users.extend((0..cached_users).map(|i| (format!("c{i}"), 1)));
+    let fresh_users = plan.fresh.div_ceil(40);
+    users.extend((0..fresh_users).map(|i| (format!("n{i}"), 40)));
+    users.extend((0..plan.singles).map(|i| (format!("s{i}"), 1)));
+    if has("relay") {
+        users.push(("r".into(), 1));
+        users.push(("big".into(), 1));
+    }
+    if has("idle") {
+        users.extend((0..IDLE_USERS).map(|i| (format!("i{i}"), 1)));
+    }
+    if has("smtp") {
+        users.extend((0..SMTP_CONNECTIONS).map(|i| (format!("m{i}"), 1)));
+    }
+    if has("flood") {
+        users.push(("v".into(), 1));
+    }
+    let sink = "sink".to_string();
+    dovecot.add_user(&sink, "sink-direct-password");
+
+    let now = postern::auth::verifier::now();
+    let mut jobs: Vec<(String, usize)> = Vec::new();
+    for (name, count) in &users {
+        let direct_password = format!("{name}-direct-pw");
+        dovecot.add_user(name, &direct_password);
+        let login = format!("{name}@{DOMAIN}");
+        let addresses = vec![login.clone()];
+        store
+            .add_user(
+                &NewUser {
+                    login: &login,
+                    upstream_user: name,
+                    addresses: &addresses,
+                },
+                now,
+            )
+            .await
+            .expect("add user");
+        for i in 0..*count {
+            jobs.push((name.clone(), i));
+        }
+    }
+    let total = jobs.len();
+    let started = Instant::now();
+    let issued = issuer.issue_all(jobs).await;
+    println!(
+        "issued {total} app passwords (argon2id) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let account = |name: &str, password: &str| Account {
+        login: format!("{name}@{DOMAIN}"),
+        password: password.to_string(),
+        upstream: name.to_string(),
+        direct_password: format!("{name}-direct-pw"),
+    };
+    let of = |name: &str| -> Vec<Account> {
+        issued
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(n, p)| account(n, p))
+            .collect()
+    };
+    let one = |name: &str| of(name).into_iter().next();
+    let mut fresh: VecDeque<Account> = (0..fresh_users)
+        .flat_map(|i| of(&format!("n{i}")))
+        .collect();
+    let forty = fresh.pop_front();
+    Accounts {
+        cached: (0..cached_users)
+            .filter_map(|i| one(&format!("c{i}")))
+            .collect(),
+        fresh: Mutex::new(fresh),
+        forty,
+        singles: Mutex::new(
+            (0..plan.singles)
+                .filter_map(|i| one(&format!("s{i}")))
+                .collect(),
+        ),
+        relay_list: one("r"),
+        relay_big: one("big"),
+        idle: (0..IDLE_USERS)
+            .filter_map(|i| one(&format!("i{i}")))
+            .collect(),
+        smtp: (0..SMTP_CONNECTIONS)
+            .filter_map(|i| one(&format!("m{i}")))
+            .collect(),
+        sink,
+        victim: one("v"),
+    }
+}
+
+#[derive(Clone)]
+struct Issuer {
+    store: Store,
+    hasher: postern::auth::hasher::PasswordHasher,
+    key: Arc<DigestKey>,
+    max_live: u32,
+}
+
+impl Issuer {
+    /// Issues one app password per job, a few at a time (the hash pool bounds it
+    /// anyway); returns (user, password) pairs.
+    async fn issue_all(&self, jobs: Vec<(String, usize)>) -> Vec<(String, String)> {
+        let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
+        let mut set = JoinSet::new();
+        for _ in 0..4 {
+            let (issuer, queue) = (self.clone(), queue.clone());
+            set.spawn(async move {
+                let mut out = Vec::new();
+                loop {
+                    let Some((name, i)) = queue.lock().unwrap().pop_front() else {
+                        return out;
+                    };
+                    let login = format!("{name}@{DOMAIN}");
+                    let label = format!("bench {i}");
+                    let issued = postern::admin::issue_app_password(
+                        &issuer.store,
+                        &issuer.hasher,
+                        &issuer.key,
+                        postern::admin::IssueRequest {
+                            login: &login,
+                            name: &label,
+                            scopes: &[Scope::Imap, Scope::Smtp],
+                            expires_at: None,
+                            max_live: issuer.max_live,
+                        },
+                        postern::auth::verifier::now(),
+                    )
+                    .await
+                    .expect("issue app password");
+                    out.push((name, issued.password.expose().clone()));
+                }
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(done) = set.join_next().await {
+            all.extend(done.unwrap());
+        }
+        // Deterministic order per user: by issue order is not needed, any order is.
+        all
+    }
+}
+
+fn fill_mailboxes(dovecot: &Dovecot) {
+    let started = Instant::now();
+    for n in 0..RELAY_MAILBOX {
+        dovecot.deliver("r", &mailbox_message(n, &format!("r@{DOMAIN}")));
+    }
+    let big = Generator::new(
+        RELAY_BIG_MIB * MIB,
+        &format!("a@{DOMAIN}"),
+        &format!("big@{DOMAIN}"),
+    );
+    dovecot.deliver("big", &big.into_bytes());
+    println!(
+        "delivered {RELAY_MAILBOX} messages and one of {RELAY_BIG_MIB} MiB in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The store, in bulk
+
+async fn sqlite(url: &str) -> sqlx::SqliteConnection {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::SqliteConnection::connect(url)
+        .await
+        .expect("open the SQLite store");
+    sqlx::query("PRAGMA busy_timeout = 30000")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+async fn count_users(url: &str) -> u64 {
+    use sqlx::Row as _;
+    let mut conn = sqlite(url).await;
+    let row = sqlx::query("SELECT COUNT(*) FROM users")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    row.get::<i64, _>(0) as u64
+}
+
+/// Adds `count` users straight into postern's SQLite store in one transaction, each
+/// with an address and one app password (a random lookup tag, a real-looking hash):
+/// what the lookup walks through. Never logged in.
+async fn bulk_users(url: &str, count: u64) {
+    use sqlx::Connection as _;
+    use sqlx::Row as _;
+    let mut conn = sqlite(url).await;
+    let mut tx = conn.begin().await.unwrap();
+    let row = sqlx::query(
+        "SELECT COALESCE(MAX(id), 0), (SELECT hash FROM app_passwords LIMIT 1) FROM users",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let first: i64 = row.get(0);
+    let hash: Option<String> = row.get(1);
+    let hash = hash.unwrap_or_else(|| "$argon2id$v=19$m=19456,t=2,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into());
+    sqlx::query(
+        "WITH RECURSIVE seq(x) AS (SELECT $1 UNION ALL SELECT x + 1 FROM seq WHERE x < $2) \
+         INSERT INTO users (login, upstream_user, created_at) \
+         SELECT 'bulk' || x || '@example.test', 'bulk' || x, 0 FROM seq",
+    )
+    .bind(first + 1)
+    .bind(first + count as i64)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO user_addresses (user_id, address) SELECT id, login FROM users WHERE id > $1",
+    )
+    .bind(first)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO app_passwords (user_id, name, scopes, tag, hash, created_at) \
+         SELECT id, 'bulk', 'imap,smtp', lower(hex(randomblob(3))), $2, 0 FROM users WHERE id > $1",
+    )
+    .bind(first)
+    .bind(&hash)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// The report
+
+#[derive(Default)]
+struct Report {
+    sections: Vec<(String, Vec<Line>)>,
+}
+
+struct Line {
+    label: String,
+    decimals: usize,
+    postern: Vec<f64>,
+    direct: Vec<f64>,
+    note: String,
+}
+
+impl Report {
+    fn section(&mut self, title: &str) {
+        self.sections.push((title.to_string(), Vec::new()));
+    }
+
+    fn add(
+        &mut self,
+        label: &str,
+        decimals: usize,
+        postern: Vec<f64>,
+        direct: Vec<f64>,
+        note: String,
+    ) {
+        let line = Line {
+            label: label.to_string(),
+            decimals,
+            postern,
+            direct,
+            note,
+        };
+        println!("  {}", line.render());
+        self.sections.last_mut().unwrap().1.push(line);
+    }
+
+    fn print(&self, runs: usize) {
+        println!(
+            "postern vs direct Dovecot: medians of {runs} run(s) [min–max]; ratio = postern / direct"
+        );
+        for (title, lines) in &self.sections {
+            println!("\n{title}");
+            println!(
+                "  {:<48} {:>22} {:>22} {:>8}",
+                "", "postern", "direct", "ratio"
+            );
+            for line in lines {
+                println!("  {}", line.render());
+            }
+        }
+    }
+}
+
+impl Line {
+    fn render(&self) -> String {
+        let p = summary(&self.postern, self.decimals);
+        let d = summary(&self.direct, self.decimals);
+        let ratio = if self.postern.is_empty() || self.direct.is_empty() {
+            "—".to_string()
+        } else {
+            format!("{:.2}", median(&self.postern) / median(&self.direct))
+        };
+        format!(
+            "{:<48} {:>22} {:>22} {:>8}  {}",
+            self.label, p, d, ratio, self.note
+        )
+    }
+}
+
+fn summary(values: &[f64], decimals: usize) -> String {
+    if values.is_empty() {
+        return "—".into();
+    }
+    let m = median(values);
+    if values.len() == 1 {
+        return format!("{m:.decimals$}");
+    }
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{m:.decimals$} [{lo:.decimals$}–{hi:.decimals$}]")
+}
+
+// ---------------------------------------------------------------------------------------
+// Login phases
+
+#[derive(Clone)]
+enum Creds {
+    /// Worker `w` always logs in as `accounts[w % len]`.
+    Fixed(Arc<Vec<(String, String)>>),
+    /// Each cycle takes the next unused credential.
+    Queue(Arc<Mutex<VecDeque<(String, String)>>>),
+}
+
+impl Creds {
+    fn next(&self, worker: usize) -> Option<(String, String)> {
+        match self {
+            Creds::Fixed(list) => Some(list[worker % list.len()].clone()),
+            Creds::Queue(queue) => queue.lock().unwrap().pop_front(),
+        }
+    }
+}
+
+struct Phase {
+    elapsed: Duration,
+    latencies: Latencies,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn warn(&self, what: &str) {
+        if self.errors > 0 {
+            eprintln!(
+                "WARNING: {what}: {} of {} cycles failed; first: {}",
+                self.errors,
+                self.errors + self.latencies.len(),
+                self.first_error.as_deref().unwrap_or("?")
+            );
+        }
+    }
+}
+
+/// `concurrency` workers, each running `per_worker` login cycles back to back.
+async fn login_phase(
+    target: &Target,
+    creds: Creds,
+    concurrency: usize,
+    per_worker: usize,
+) -> Phase {
+    let started = Instant::now();
+    let mut set = JoinSet::new();
+    for worker in 0..concurrency {
+        let (target, creds) = (target.clone(), creds.clone());
+        set.spawn(async move {
+            let mut latencies = Latencies::new();
+            let mut errors = 0;
+            let mut first_error = None;
+            for _ in 0..per_worker {
+                let Some((login, password)) = creds.next(worker) else {
+                    break;
+                };
+                match login_cycle(&target, None, &login, &password).await {
+                    Ok(d) => latencies.record(d),
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+            }
+            (latencies, errors, first_error)
+        });
+    }
+    let mut phase = Phase {
+        elapsed: Duration::ZERO,
+        latencies: Latencies::new(),
+        errors: 0,
+        first_error: None,
+    };
+    while let Some(done) = set.join_next().await {
+        let (latencies, errors, first_error) = done.unwrap();
+        phase.latencies.extend(&latencies);
+        phase.errors += errors;
+        if phase.first_error.is_none() {
+            phase.first_error = first_error;
+        }
+    }
+    phase.elapsed = started.elapsed();
+    phase
+}
+
+/// Per-run values of one measured phase.
+#[derive(Default, Clone)]
+struct Series {
+    rate: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
+impl Series {
+    fn push(&mut self, phase: &mut Phase) {
+        self.rate.push(phase.rate());
+        self.p50.push(ms(phase.latencies.p50()));
+        self.p99.push(ms(phase.latencies.p99()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The rows
+
+struct Bench {
+    dovecot: Dovecot,
+    postern: PosternProcess,
+    store: Store,
+    imap_postern: Target,
+    imap_direct: Target,
+    smtp_postern: Target,
+    smtp_direct: Target,
+    accounts: Accounts,
+    runs: usize,
+    report: Mutex<Report>,
+}
+
+impl Bench {
+    fn section(&self, title: &str) {
+        println!("\n{title}");
+        self.report.lock().unwrap().section(title);
+    }
+
+    fn add(&self, label: &str, decimals: usize, postern: Vec<f64>, direct: Vec<f64>, note: String) {
+        self.report
+            .lock()
+            .unwrap()
+            .add(label, decimals, postern, direct, note);
+    }
+
+    /// Both targets in an order that alternates from run to run.
+    fn order(&self, run: usize) -> [&Target; 2] {
+        if run % 2 == 0 {
+            [&self.imap_postern, &self.imap_direct]
+        } else {
+            [&self.imap_direct, &self.imap_postern]
+        }
+    }
+
+    fn fixed(&self, accounts: &[Account], target: &Target) -> Creds {
+        Creds::Fixed(Arc::new(
+            accounts.iter().map(|a| a.credentials(target)).collect(),
+        ))
+    }
+
+    fn fresh(&self, n: usize) -> Creds {
+        let list: VecDeque<(String, String)> = (0..n)
+            .filter_map(|_| self.accounts.take_fresh())
+            .map(|a| (a.login, a.password))
+            .collect();
+        Creds::Queue(Arc::new(Mutex::new(list)))
+    }
+
+    fn singles(&self, n: usize) -> Creds {
+        let list: VecDeque<(String, String)> = (0..n)
+            .filter_map(|_| self.accounts.take_single())
+            .map(|a| (a.login, a.password))
+            .collect();
+        Creds::Queue(Arc::new(Mutex::new(list)))
+    }
+
+    /// Every account that is used cached logs in once through postern (so its
+    /// verification is cached), and both targets serve a few cycles.
+    async fn warm_up(&self) {
+        let a = &self.accounts;
+        let mut cached: Vec<Account> = a.cached.clone();
+        cached.extend(a.forty.clone());
+        cached.extend(a.relay_list.clone());
+        cached.extend(a.relay_big.clone());
+        cached.extend(a.idle.iter().cloned());
+        cached.extend(a.victim.clone());
+        let n = cached.len();
+        let creds = self.fixed(&cached, &self.imap_postern);
+        let phase = login_phase(&self.imap_postern, creds, n.min(8), n.div_ceil(8)).await;
+        // Workers cycle over `w % len`: make sure every account got its turn.
+        for account in &cached {
+            let (login, password) = account.credentials(&self.imap_postern);
+            if let Err(e) = login_cycle(&self.imap_postern, None, &login, &password).await {
+                panic!("warm-up login as {login}: {e:#}\n{}", self.postern.log());
+            }
+        }
+        phase.warn("warm-up");
+        let creds = self.fixed(&a.cached, &self.imap_direct);
+        login_phase(&self.imap_direct, creds, 4, 5)
+            .await
+            .warn("warm-up direct");
+        for account in &a.smtp {
+            for target in [&self.smtp_postern, &self.smtp_direct] {
+                let (login, password) = account.credentials(target);
+                let client = SmtpClient::connect_and_auth(target, None, &login, &password)
+                    .await
+                    .unwrap_or_else(|e| panic!("SMTP warm-up as {login}: {e:#}"));
+                let _ = client.quit().await;
+            }
+        }
+    }
+
+    async fn login(&self) {
+        self.section("login: connect + TLS + LOGIN + LOGOUT, one connection per cycle");
+        let a = &self.accounts;
+        let mut results: Vec<(usize, Series, Series, Series)> = Vec::new();
+        for concurrency in [1, C32] {
+            let (cached_n, uncached_n) = if concurrency == 1 {
+                (CACHED_C1_CYCLES, UNCACHED_C1_CYCLES)
+            } else {
+                (CACHED_C32_PER_WORKER, UNCACHED_C32_PER_WORKER)
+            };
+            let (mut cached, mut uncached, mut direct) =
+                (Series::default(), Series::default(), Series::default());
+            for run in 0..self.runs {
+                for target in self.order(run) {
+                    if target.name == "postern" {
+                        let creds = self.fixed(&a.cached, target);
+                        let mut phase = login_phase(target, creds, concurrency, cached_n).await;
+                        phase.warn("login cached");
+                        cached.push(&mut phase);
+                        let creds = self.fresh(concurrency * uncached_n);
+                        let mut phase = login_phase(target, creds, concurrency, uncached_n).await;
+                        phase.warn("login uncached");
+                        uncached.push(&mut phase);
+                    } else {
+                        let creds = self.fixed(&a.cached, target);
+                        let mut phase = login_phase(target, creds, concurrency, cached_n).await;
+                        phase.warn("login direct");
+                        direct.push(&mut phase);
+                    }
+                }
+            }
+            results.push((concurrency, cached, uncached, direct));
+        }
+        for (c, cached, uncached, direct) in results {
+            for (kind, series) in [("cached", &cached), ("uncached", &uncached)] {
+                self.add(
+                    &format!("c={c} {kind}: logins/s"),
+                    1,
+                    series.rate.clone(),
+                    direct.rate.clone(),
+                    String::new(),
+                );
+                self.add(
+                    &format!("c={c} {kind}: p50 ms"),
+                    2,
+                    series.p50.clone(),
+                    direct.p50.clone(),
+                    String::new(),
+                );
+                self.add(
+                    &format!("c={c} {kind}: p99 ms"),
+                    2,
+                    series.p99.clone(),
+                    direct.p99.clone(),
+                    String::new(),
+                );
+            }
+        }
+    }
+
+    async fn relay(&self) {
+        self.section("relay: one logged-in session, SELECT INBOX, then FETCH");
+        let (list, big) = (
+            self.accounts.relay_list.clone().unwrap(),
+            self.accounts.relay_big.clone().unwrap(),
+        );
+        let mut sessions = Vec::new();
+        for target in [&self.imap_postern, &self.imap_direct] {
+            let open = |account: Account| async move {
+                let (login, password) = account.credentials(target);
+                let mut c = ImapClient::connect(target, None).await?;
+                c.login_ok(&login, &password).await?;
+                let selected = c.select("INBOX").await?;
+                anyhow::Ok((c, selected.untagged))
+            };
+            let (mut list_session, _) = open(list.clone()).await.expect("relay session");
+            let (mut big_session, _) = open(big.clone()).await.expect("relay session");
+            // Warm-up: Dovecot builds its index and cache on the first FETCHes.
+            let r = list_session
+                .command("FETCH 1:* (FLAGS ENVELOPE)")
+                .await
+                .expect("FETCH");
+            assert!(r.is_ok() && r.untagged >= RELAY_MAILBOX, "{r:?}");
+            let r = big_session
+                .command("UID FETCH 1:* BODY.PEEK[]")
+                .await
+                .expect("UID FETCH");
+            assert!(r.is_ok() && r.literal_bytes >= RELAY_BIG_MIB * MIB, "{r:?}");
+            sessions.push((target.name, list_session, big_session));
+        }
+        let (mut mibs_p, mut mibs_d, mut list_p, mut list_d) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for run in 0..self.runs {
+            let order: Vec<usize> = if run % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
+            for i in order {
+                let (name, list_session, big_session) = &mut sessions[i];
+                let started = Instant::now();
+                let mut bytes = 0;
+                for _ in 0..RELAY_BIG_FETCHES {
+                    let r = big_session
+                        .command("UID FETCH 1:* BODY.PEEK[]")
+                        .await
+                        .expect("UID FETCH");
+                    assert!(r.is_ok());
+                    bytes += r.literal_bytes;
+                }
+                let mibs = bytes as f64 / MIB as f64 / started.elapsed().as_secs_f64();
+                let mut times = Vec::new();
+                for _ in 0..RELAY_LIST_FETCHES {
+                    let started = Instant::now();
+                    let r = list_session
+                        .command("FETCH 1:* (FLAGS ENVELOPE)")
+                        .await
+                        .expect("FETCH");
+                    assert!(r.is_ok() && r.untagged >= RELAY_MAILBOX);
+                    times.push(ms(started.elapsed()));
+                }
+                let list_ms = median(&times);
+                if *name == "postern" {
+                    mibs_p.push(mibs);
+                    list_p.push(list_ms);
+                } else {
+                    mibs_d.push(mibs);
+                    list_d.push(list_ms);
+                }
+            }
+        }
+        self.add(
+            &format!("UID FETCH BODY[] of {RELAY_BIG_MIB} MiB: MiB/s"),
+            1,
+            mibs_p,
+            mibs_d,
+            format!("{RELAY_BIG_FETCHES} fetches per run"),
+        );
+        self.add(
+            &format!("FETCH 1:* (FLAGS ENVELOPE), {RELAY_MAILBOX} msgs: ms"),
+            1,
+            list_p,
+            list_d,
+            format!("median of {RELAY_LIST_FETCHES} per run"),
+        );
+        for (_, list_session, big_session) in sessions {
+            for mut s in [list_session, big_session] {
+                let _ = s.logout().await;
+            }
+        }
+    }
+
+    /// Opens sessions up to each size in `sizes` through each target, measuring memory
+    /// at each step; runs its own futures on `runtime` so the sessions outlive them.
+    fn idle(&self, runtime: &Runtime, sizes: &[usize]) {
+        self.section(
+            "idle: authenticated sessions in IDLE on INBOX (TLS on both sides for postern)",
+        );
+        let postern_pid = self.postern.pid();
+        let dovecot_pid = self.dovecot.pid().expect("dovecot pid");
+        let mut rows: Vec<(usize, f64, f64, f64, String)> = Vec::new();
+        // (sessions, postern KiB/session, dovecot RSS KiB/session, dovecot PSS KiB/session)
+        let mut postern_kib: Vec<(usize, f64, String)> = Vec::new();
+        let mut direct_kib: Vec<(usize, f64, f64, String)> = Vec::new();
+        for target in [&self.imap_postern, &self.imap_direct] {
+            let is_postern = target.name == "postern";
+            std::thread::sleep(Duration::from_secs(1));
+            let before_p = procfs::memory(postern_pid);
+            let before_d = procfs::tree_memory(dovecot_pid);
+            let mut sessions: Vec<ImapClient> = Vec::new();
+            for &size in sizes {
+                let started = Instant::now();
+                let opened =
+                    runtime.block_on(open_idle(target, &self.accounts.idle, sessions.len(), size));
+                let (new, errors, first_error) = opened;
+                let opening = started.elapsed();
+                sessions.extend(new);
+                if errors > 0 {
+                    eprintln!(
+                        "WARNING: idle via {}: {errors} sessions failed to open; first: {}",
+                        target.name,
+                        first_error.unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_secs(2));
+                let n = sessions.len();
+                let note = format!(
+                    "{n} open ({:.0}/s while opening)",
+                    (n as f64 - 0.0) / opening.as_secs_f64().max(1e-9)
+                );
+                if is_postern {
+                    let now = procfs::memory(postern_pid);
+                    let per = (now.rss_kib as f64 - before_p.rss_kib as f64) / n as f64;
+                    println!(
+                        "  postern with {n} idle sessions: RSS {:.1} MiB (before {:.1}), {per:.1} KiB/session",
+                        now.rss_kib as f64 / 1024.0,
+                        before_p.rss_kib as f64 / 1024.0
+                    );
+                    postern_kib.push((size, per, note));
+                } else {
+                    let now = procfs::tree_memory(dovecot_pid);
+                    let rss = (now.rss_kib as f64 - before_d.rss_kib as f64) / n as f64;
+                    let pss = (now.pss_kib as f64 - before_d.pss_kib as f64) / n as f64;
+                    println!(
+                        "  dovecot with {n} idle sessions: {} processes, RSS sum {:.0} MiB, PSS sum {:.0} MiB; {rss:.1} KiB RSS, {pss:.1} KiB PSS per session",
+                        now.processes,
+                        now.rss_kib as f64 / 1024.0,
+                        now.pss_kib as f64 / 1024.0
+                    );
+                    direct_kib.push((size, rss, pss, note));
+                }
+            }
+            // Close everything and wait until both servers are back to their baseline.
+            runtime.block_on(async move {
+                drop(sessions);
+            });
+            self.wait_quiet(before_d.processes);
+        }
+        for (size, per, note) in &postern_kib {
+            let direct = direct_kib.iter().find(|d| d.0 == *size);
+            rows.push((
+                *size,
+                *per,
+                direct.map_or(f64::NAN, |d| d.1),
+                direct.map_or(f64::NAN, |d| d.2),
+                format!(
+                    "postern: {note}; direct: {}",
+                    direct.map_or(String::new(), |d| d.3.clone())
+                ),
+            ));
+        }
+        for (size, per, rss, pss, note) in rows {
+            self.add(
+                &format!("{size} sessions: KiB RSS per session"),
+                1,
+                vec![per],
+                if rss.is_nan() { vec![] } else { vec![rss] },
+                format!("direct = Dovecot's process tree (PSS {pss:.1} KiB); {note}"),
+            );
+        }
+        let log = self.dovecot.log();
+        let inotify: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("notify"))
+            .take(3)
+            .collect();
+        if !inotify.is_empty() {
+            eprintln!("WARNING: Dovecot logged about inotify: {inotify:?}");
+        }
+    }
+
+    /// Waits (up to 2 minutes) until postern has no IMAP session left and Dovecot is
+    /// back to about `processes` processes.
+    fn wait_quiet(&self, processes: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let dovecot_pid = self.dovecot.pid().unwrap();
+        loop {
+            let active = metric(
+                &self.postern.metrics(),
+                "postern_sessions_active{protocol=\"imap\"}",
+            );
+            let now = procfs::process_tree(dovecot_pid).len();
+            if active < 1.0 && now <= processes + 8 {
+                return;
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "WARNING: still {active} postern sessions and {now} Dovecot processes \
+                     (baseline {processes}) after 2 minutes"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    async fn smtp(&self) {
+        self.section(&format!(
+            "smtp: {SMTP_CONNECTIONS} connections, each AUTH once then transactions back to back"
+        ));
+        let mut series = Vec::new();
+        for (size, count) in [SMTP_SMALL, SMTP_LARGE] {
+            let (mut p, mut d) = (Vec::new(), Vec::new());
+            for run in 0..self.runs {
+                let order = if run % 2 == 0 {
+                    [&self.smtp_postern, &self.smtp_direct]
+                } else {
+                    [&self.smtp_direct, &self.smtp_postern]
+                };
+                for target in order {
+                    let rate = self.submissions(target, size, count).await;
+                    if target.name == "postern" {
+                        p.push(rate);
+                    } else {
+                        d.push(rate);
+                    }
+                }
+            }
+            series.push((size, count, p, d));
+        }
+        for (size, count, p, d) in series {
+            let label = if size >= MIB {
+                format!("{} MiB messages: submissions/s", size / MIB)
+            } else {
+                format!("{} KiB messages: submissions/s", size / 1024)
+            };
+            self.add(&label, 1, p, d, format!("{count} messages per run"));
+        }
+        // One big message: postern's memory while it passes, and the time.
+        let account = &self.accounts.smtp[0];
+        let sink = format!("{}@{DOMAIN}", self.accounts.sink);
+        let mut growth = Vec::new();
+        let mut rate_p = Vec::new();
+        let mut rate_d = Vec::new();
+        for target in [&self.smtp_postern, &self.smtp_direct] {
+            let (login, password) = account.credentials(target);
+            let message = Generator::new(SMTP_HUGE_MIB * MIB, &account.address(), &sink);
+            let pid = if target.name == "postern" {
+                self.postern.pid()
+            } else {
+                self.dovecot.pid().unwrap()
+            };
+            let measured = measure_big_message(
+                pid,
+                target,
+                &login,
+                &password,
+                (&account.address(), &sink),
+                message,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{SMTP_HUGE_MIB} MiB message via {}: {e:#}", target.name));
+            let rate = SMTP_HUGE_MIB as f64 / measured.data_time.as_secs_f64();
+            if target.name == "postern" {
+                growth.push(measured.growth_mib());
+                rate_p.push(rate);
+            } else {
+                rate_d.push(rate);
+            }
+        }
+        self.add(
+            &format!("{SMTP_HUGE_MIB} MiB message: MiB/s (DATA to 250)"),
+            1,
+            rate_p,
+            rate_d,
+            "one message".into(),
+        );
+        self.add(
+            &format!("{SMTP_HUGE_MIB} MiB message: postern RSS growth MiB"),
+            2,
+            growth,
+            vec![],
+            "VmHWM after clear_refs=5, minus RSS before (as benches/smtp_memory.rs)".into(),
+        );
+    }
+
+    /// `SMTP_CONNECTIONS` sessions (connected and authenticated first, untimed), then
+    /// `count` messages of `size` bytes shared among them; submissions per second.
+    async fn submissions(&self, target: &Target, size: u64, count: usize) -> f64 {
+        let sink = format!("{}@{DOMAIN}", self.accounts.sink);
+        let mut clients = Vec::new();
+        for account in &self.accounts.smtp {
+            let (login, password) = account.credentials(target);
+            let client = SmtpClient::connect_and_auth(target, None, &login, &password)
+                .await
+                .unwrap_or_else(|e| panic!("SMTP session via {}: {e:#}", target.name));
+            let header_len = Generator::new(0, &account.address(), &sink).header().len() as u64;
+            let message =
+                Generator::new(size.saturating_sub(header_len), &account.address(), &sink)
+                    .into_bytes();
+            clients.push((client, account.address(), message));
+        }
+        let left = Arc::new(AtomicUsize::new(count));
+        let started = Instant::now();
+        let mut set = JoinSet::new();
+        for (mut client, from, message) in clients {
+            let (left, sink) = (left.clone(), sink.clone());
+            set.spawn(async move {
+                let mut sent = 0usize;
+                while left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    client.send_message(&from, &sink, &message).await?;
+                    sent += 1;
+                }
+                let _ = client.quit().await;
+                anyhow::Ok(sent)
+            });
+        }
+        let mut sent = 0;
+        while let Some(done) = set.join_next().await {
+            match done.unwrap() {
+                Ok(n) => sent += n,
+                Err(e) => eprintln!("WARNING: submission via {} failed: {e:#}", target.name),
+            }
+        }
+        sent as f64 / started.elapsed().as_secs_f64()
+    }
+
+    async fn flood(&self) {
+        self.section(&format!(
+            "flood: cached login cycles (c=1) while {FLOODERS} connections send wrong passwords"
+        ));
+        let victim = self.accounts.victim.clone().unwrap();
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut unloaded = (Series::default(), Series::default());
+        let mut penalised = (Series::default(), Series::default());
+        let mut trusted = Series::default();
+        let (mut flood_rate_pen, mut flood_rate_direct, mut flood_rate_trusted) =
+            (Vec::new(), Vec::new(), Vec::new());
+        let (mut hash_rate, mut pool_busy, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..self.runs {
+            for target in self.order(run) {
+                let is_postern = target.name == "postern";
+                let creds = self.fixed(std::slice::from_ref(&victim), target);
+                let (login, _) = victim.credentials(target);
+                let mut phase = login_phase(target, creds.clone(), 1, FLOOD_CYCLES).await;
+                phase.warn("flood unloaded");
+                if is_postern {
+                    unloaded.0.push(&mut phase);
+                } else {
+                    unloaded.1.push(&mut phase);
+                }
+                let flood = Flood::start(target, PENALISED_FLOODER, &login);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let mut phase = login_phase(target, creds.clone(), 1, FLOOD_CYCLES).await;
+                let (rate, summary) = flood.stop().await;
+                println!(
+                    "  flood via {} from {PENALISED_FLOODER}: {summary}",
+                    target.name
+                );
+                phase.warn("flood penalised");
+                if is_postern {
+                    penalised.0.push(&mut phase);
+                    flood_rate_pen.push(rate);
+                } else {
+                    penalised.1.push(&mut phase);
+                    flood_rate_direct.push(rate);
+                }
+                if is_postern {
+                    let pid = self.postern.pid();
+                    let flood = Flood::start(target, TRUSTED_FLOODER, &login);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let before = self.postern.metrics();
+                    let cpu_before = procfs::cpu_seconds(pid).unwrap_or(0.0);
+                    let started = Instant::now();
+                    let mut phase = login_phase(target, creds.clone(), 1, FLOOD_CYCLES).await;
+                    let elapsed = started.elapsed().as_secs_f64();
+                    let after = self.postern.metrics();
+                    let cpu_after = procfs::cpu_seconds(pid).unwrap_or(0.0);
+                    let (rate, summary) = flood.stop().await;
+                    println!("  flood via postern from {TRUSTED_FLOODER}: {summary}");
+                    phase.warn("flood trusted");
+                    trusted.push(&mut phase);
+                    flood_rate_trusted.push(rate);
+                    let count = metric(&after, "postern_password_hash_seconds_count")
+                        - metric(&before, "postern_password_hash_seconds_count");
+                    let sum = metric(&after, "postern_password_hash_seconds_sum")
+                        - metric(&before, "postern_password_hash_seconds_sum");
+                    hash_rate.push(count / elapsed);
+                    pool_busy.push(100.0 * sum / (elapsed * workers as f64));
+                    cpu.push((cpu_after - cpu_before) / elapsed);
+                }
+            }
+        }
+        let ratio = |a: &[f64], b: &[f64]| median(a) / median(b);
+        self.add(
+            "unloaded: p50 ms",
+            2,
+            unloaded.0.p50.clone(),
+            unloaded.1.p50.clone(),
+            String::new(),
+        );
+        self.add(
+            "unloaded: p99 ms",
+            2,
+            unloaded.0.p99.clone(),
+            unloaded.1.p99.clone(),
+            String::new(),
+        );
+        self.add(
+            "flood from 127.0.0.2 (penalised): p50 ms",
+            2,
+            penalised.0.p50.clone(),
+            penalised.1.p50.clone(),
+            String::new(),
+        );
+        self.add(
+            "flood from 127.0.0.2 (penalised): p99 ms",
+            2,
+            penalised.0.p99.clone(),
+            penalised.1.p99.clone(),
+            format!(
+                "postern loaded/unloaded p99 {:.2}x, direct {:.2}x; wrong attempts/s: postern {:.0}, direct {:.0}",
+                ratio(&penalised.0.p99, &unloaded.0.p99),
+                ratio(&penalised.1.p99, &unloaded.1.p99),
+                median(&flood_rate_pen),
+                median(&flood_rate_direct)
+            ),
+        );
+        self.add(
+            "flood from 127.0.0.3 (trusted: all hashed): p50",
+            2,
+            trusted.p50.clone(),
+            vec![],
+            String::new(),
+        );
+        self.add(
+            "flood from 127.0.0.3 (trusted: all hashed): p99",
+            2,
+            trusted.p99.clone(),
+            vec![],
+            format!(
+                "loaded/unloaded p99 {:.2}x; wrong attempts/s {:.0}",
+                ratio(&trusted.p99, &unloaded.0.p99),
+                median(&flood_rate_trusted)
+            ),
+        );
+        self.add(
+            "  argon2 verifications/s during that flood",
+            1,
+            hash_rate,
+            vec![],
+            format!("postern_password_hash_seconds_count; pool = {workers} workers"),
+        );
+        self.add(
+            "  argon2 pool busy, % of workers' time",
+            1,
+            pool_busy,
+            vec![],
+            "postern_password_hash_seconds_sum / (time x workers)".into(),
+        );
+        self.add(
+            "  postern CPU, cores",
+            2,
+            cpu,
+            vec![],
+            "utime+stime from /proc/<pid>/stat".into(),
+        );
+    }
+
+    async fn growth(&self, big_store: u64) {
+        self.section("growth: postern only (direct column: the baseline it is compared with)");
+        let one = self.accounts.cached[0].clone();
+        let forty = self.accounts.forty.clone().unwrap();
+        let target = &self.imap_postern;
+        let (mut cached1, mut cached40) = (Series::default(), Series::default());
+        let (mut uncached1, mut uncached40) = (Series::default(), Series::default());
+        for run in 0..self.runs {
+            let first_one = run % 2 == 0;
+            for which in if first_one { [1, 40] } else { [40, 1] } {
+                let (account, series) = if which == 1 {
+                    (&one, &mut cached1)
+                } else {
+                    (&forty, &mut cached40)
+                };
+                let creds = self.fixed(std::slice::from_ref(account), target);
+                let mut phase = login_phase(target, creds, 1, GROWTH_CACHED_CYCLES).await;
+                phase.warn("growth cached");
+                series.push(&mut phase);
+                let (creds, series) = if which == 1 {
+                    (self.singles(GROWTH_UNCACHED_CYCLES), &mut uncached1)
+                } else {
+                    (self.fresh(GROWTH_UNCACHED_CYCLES), &mut uncached40)
+                };
+                let mut phase = login_phase(target, creds, 1, GROWTH_UNCACHED_CYCLES).await;
+                phase.warn("growth uncached");
+                series.push(&mut phase);
+            }
+        }
+        self.add(
+            "cached login p50 ms: 40 app passwords (vs 1)",
+            2,
+            cached40.p50.clone(),
+            cached1.p50.clone(),
+            "c=1".into(),
+        );
+        self.add(
+            "uncached login p50 ms: 40 app passwords (vs 1)",
+            2,
+            uncached40.p50.clone(),
+            uncached1.p50.clone(),
+            "c=1, a fresh app password per cycle".into(),
+        );
+
+        // The store: 1k users now, then a million.
+        let users_small = count_users(&self.postern.store_url).await;
+        let lookups_small = self.lookups(users_small).await;
+        let started = Instant::now();
+        if users_small < big_store {
+            bulk_users(&self.postern.store_url, big_store - users_small).await;
+        }
+        let users_big = count_users(&self.postern.store_url).await;
+        let size = std::fs::metadata(self.postern.store_url.trim_start_matches("sqlite://"))
+            .map_or(0, |m| m.len());
+        println!(
+            "  bulk insert to {users_big} users: {:.1} s, store file {:.0} MiB",
+            started.elapsed().as_secs_f64(),
+            size as f64 / MIB as f64
+        );
+        let lookups_big = self.lookups(users_big).await;
+        let mut uncached_big = Series::default();
+        // Warm postern's connections to the grown file first.
+        login_phase(target, self.singles(2), 1, 2)
+            .await
+            .warn("growth warm-up");
+        for _ in 0..self.runs {
+            let mut phase = login_phase(
+                target,
+                self.singles(GROWTH_UNCACHED_CYCLES),
+                1,
+                GROWTH_UNCACHED_CYCLES,
+            )
+            .await;
+            phase.warn("growth uncached big store");
+            uncached_big.push(&mut phase);
+        }
+        self.add(
+            &format!("store lookup p50 µs: {users_big} users (vs {users_small})"),
+            1,
+            lookups_big.0.clone(),
+            lookups_small.0.clone(),
+            format!(
+                "Store::credential in-process, random users, {LOOKUPS} per run; p99 {:.1} vs {:.1} µs",
+                median(&lookups_big.1),
+                median(&lookups_small.1)
+            ),
+        );
+        self.add(
+            &format!("uncached login p50 ms: {users_big} users (vs {users_small})"),
+            2,
+            uncached_big.p50.clone(),
+            uncached1.p50.clone(),
+            "c=1, users with one app password".into(),
+        );
+    }
+
+    /// `LOOKUPS` credential lookups of random existing users, in-process against
+    /// postern's store (what a cache miss costs before argon2), per run: (p50 µs, p99 µs).
+    async fn lookups(&self, users: u64) -> (Vec<f64>, Vec<f64>) {
+        use sqlx::Row as _;
+        let mut conn = sqlite(&self.postern.store_url).await;
+        let max_id: i64 = sqlx::query("SELECT MAX(id) FROM users")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get(0);
+        let key = DigestKey::new(self.store.lookup_key().await.unwrap());
+        let mut logins = Vec::new();
+        let mut rng = rand::thread_rng();
+        for _ in 0..LOOKUPS {
+            let id = rng.gen_range(1..=max_id);
+            let row = sqlx::query("SELECT login FROM users WHERE id >= $1 ORDER BY id LIMIT 1")
+                .bind(id)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            logins.push(row.get::<String, _>(0));
+        }
+        let typed = password::normalize("abcd efgh ijkl mnop").unwrap();
+        let (mut p50, mut p99) = (Vec::new(), Vec::new());
+        for _ in 0..self.runs {
+            let mut latencies = Latencies::new();
+            for login in &logins {
+                let tag = key.tag(login, &typed);
+                let started = Instant::now();
+                let found = self.store.credential(login, &tag).await.unwrap();
+                latencies.record(started.elapsed());
+                assert!(found.is_some(), "{login} in the store");
+            }
+            p50.push(latencies.p50().as_secs_f64() * 1e6);
+            p99.push(latencies.p99().as_secs_f64() * 1e6);
+        }
+        let _ = users;
+        (p50, p99)
+    }
+}
+
+/// Opens IDLE sessions number `from..to` (round-robin over `accounts`) with
+/// `IDLE_OPENERS` concurrent openers: (sessions, failures, first failure).
+async fn open_idle(
+    target: &Target,
+    accounts: &[Account],
+    from: usize,
+    to: usize,
+) -> (Vec<ImapClient>, usize, Option<String>) {
+    let next = Arc::new(AtomicUsize::new(from));
+    let accounts: Arc<Vec<(String, String)>> =
+        Arc::new(accounts.iter().map(|a| a.credentials(target)).collect());
+    let mut set = JoinSet::new();
+    for _ in 0..IDLE_OPENERS {
+        let (next, accounts, target) = (next.clone(), accounts.clone(), target.clone());
+        set.spawn(async move {
+            let mut opened = Vec::new();
+            let mut errors = 0;
+            let mut first_error = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= to {
+                    return (opened, errors, first_error);
+                }
+                let (login, password) = &accounts[i % accounts.len()];
+                match idle_session(&target, login, password).await {
+                    Ok(session) => opened.push(session),
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+            }
+        });
+    }
+    let mut all = Vec::new();
+    let (mut errors, mut first_error) = (0, None);
+    while let Some(done) = set.join_next().await {
+        let (opened, e, first) = done.unwrap();
+        all.extend(opened);
+        errors += e;
+        if first_error.is_none() {
+            first_error = first;
+        }
+    }
+    (all, errors, first_error)
+}
+
+/// Connections sending LOGIN with random wrong (well-formed) app passwords as fast as
+/// the server answers, reconnecting whenever it closes the connection. An answer held
+/// longer than `FLOOD_PATIENCE` (a penalty delay) is given up on: the flooder drops the
+/// connection and opens another, as an impatient attacker would.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    counts: Arc<FloodCounts>,
+    started: Instant,
+    tasks: JoinSet<()>,
+}
+
+const FLOOD_PATIENCE: Duration = Duration::from_millis(500);
+
+#[derive(Default)]
+struct FloodCounts {
+    /// Answered `NO` (a refusal after verification).
+    refused: AtomicU64,
+    /// Answered `NO [UNAVAILABLE]` (rate limited, or the hash pool timed out).
+    unavailable: AtomicU64,
+    /// Given up after `FLOOD_PATIENCE`.
+    held: AtomicU64,
+    connections: AtomicU64,
+    /// Connections that failed, and the first error.
+    errors: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Flood {
+    fn start(target: &Target, from: IpAddr, login: &str) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(FloodCounts::default());
+        let mut tasks = JoinSet::new();
+        for _ in 0..FLOODERS {
+            let (stop, counts, target) = (stop.clone(), counts.clone(), target.clone());
+            let login = login.to_string();
+            tasks.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut client = match ImapClient::connect(&target, Some(from)).await {
+                        Ok(client) => client,
+                        Err(e) => {
+                            counts.errors.fetch_add(1, Ordering::Relaxed);
+                            counts
+                                .first_error
+                                .lock()
+                                .unwrap()
+                                .get_or_insert_with(|| format!("{e:#}"));
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    counts.connections.fetch_add(1, Ordering::Relaxed);
+                    while !stop.load(Ordering::Relaxed) {
+                        let wrong: String = {
+                            let mut rng = rand::thread_rng();
+                            (0..16)
+                                .map(|_| rng.gen_range(b'a'..=b'z') as char)
+                                .collect()
+                        };
+                        match tokio::time::timeout(FLOOD_PATIENCE, client.login(&login, &wrong))
+                            .await
+                        {
+                            Err(_) => {
+                                counts.held.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                            Ok(Ok(r)) if r.is_ok() => break,
+                            Ok(Ok(r)) if r.tagged.contains("UNAVAILABLE") => {
+                                counts.unavailable.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(Ok(_)) => {
+                                counts.refused.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(Err(_)) => break,
+                        }
+                    }
+                }
+            });
+        }
+        Flood {
+            stop,
+            counts,
+            started: Instant::now(),
+            tasks,
+        }
+    }
+
+    /// Stops the flood; returns the answered wrong attempts per second and a summary.
+    async fn stop(mut self) -> (f64, String) {
+        self.stop.store(true, Ordering::Relaxed);
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let c = &self.counts;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let answered = get(&c.refused) + get(&c.unavailable);
+        let errors = get(&c.errors);
+        let summary = format!(
+            "{:.1} s: {} refused, {} unavailable, {} held > {:?}, {} connections{}",
+            elapsed,
+            get(&c.refused),
+            get(&c.unavailable),
+            get(&c.held),
+            FLOOD_PATIENCE,
+            get(&c.connections),
+            if errors > 0 {
+                format!(
+                    ", {errors} failed (first: {})",
+                    c.first_error.lock().unwrap().as_deref().unwrap_or("?")
+                )
+            } else {
+                String::new()
+            }
+        );
+        // Penalty delays can hold an answer for seconds: don't wait for them.
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        (answered as f64 / elapsed, summary)
+    }
+}

@@ -1,0 +1,27 @@
+//! Load clients and measuring tools for postern's benchmarks: `benches/gateway.rs` (the
+//! side-by-side suite against direct Dovecot), `benches/smtp_memory.rs`, and whatever
+//! longer runs come next (a soak test reusing the same clients).
+//!
+//! - [`net`]: TLS connectors and connections (TCP_NODELAY, optional source address), a
+//!   buffered line reader;
+//! - [`imap`]: a small IMAP client (greeting, LOGIN, SELECT, IDLE/DONE, FETCH, LOGOUT)
+//!   that skips literals without keeping them, and a whole login cycle;
+//! - [`smtp`]: a small submission client (EHLO, AUTH PLAIN, MAIL/RCPT/DATA), and the
+//!   "RSS while a big message passes" measurement;
+//! - [`stats`]: latency recording (sorted samples, percentiles) and medians;
+//! - [`procfs`]: RSS/HWM/CPU of a process or a process tree, an RSS sampler;
+//! - [`system`]: the open-file limit and sysctls for thousands of sessions;
+//! - [`message`]: generated messages (bodies streamed, checksummed);
+//! - [`postern`]: the release `postern` binary as a separate process, with its config.
+//!
+//! The including crate declares `mod support;` (tests/support) at its root as well.
+#![allow(dead_code)]
+
+pub mod imap;
+pub mod message;
+pub mod net;
+pub mod postern;
+pub mod procfs;
+pub mod smtp;
+pub mod stats;
+pub mod system;
