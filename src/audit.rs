@@ -476,6 +476,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_outage_delays_events_and_loses_none_in_order() {
+        let _serial = SERIAL.lock().await;
         let metrics = Metrics::new();
         let fake = Fake::default();
         let writer = AuditWriter::start_with(fake.clone(), &metrics, 100);
@@ -501,6 +502,11 @@ mod tests {
         assert_eq!(metrics.audit_events_dropped.get(), 0);
     }
 
+    /// Held by every test here: tracing caches per log call site whether anyone listens,
+    /// so a test without a subscriber hitting the writer's outage lines while
+    /// [`capture_logs`]'s test sets its own could leave them unheard there.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     /// Captures this thread's log lines (the test runtime polls the writer task here).
     fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
         #[derive(Clone)]
@@ -525,6 +531,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_outage_is_logged_once_and_its_end_once() {
+        let _serial = SERIAL.lock().await;
         let (lines, _guard) = capture_logs();
         let metrics = Metrics::new();
         let fake = Fake::default();
@@ -549,6 +556,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_back_off_from_100ms_doubling_to_5s() {
+        let _serial = SERIAL.lock().await;
         let metrics = Metrics::new();
         let fake = Fake::default();
         fake.set_down(true);
@@ -571,6 +579,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_drops_and_counts_exactly_the_overflow() {
+        let _serial = SERIAL.lock().await;
         let metrics = Metrics::new();
         let fake = Fake::default();
         fake.set_down(true);
@@ -597,6 +606,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_event_the_store_refuses_is_dropped_and_the_next_written() {
+        let _serial = SERIAL.lock().await;
         let metrics = Metrics::new();
         let fake = Fake::default();
         *fake.0.refused_login.lock().unwrap() = Some("bad".into());
@@ -612,6 +622,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_login_stamps_last_use_with_its_event_and_a_retry_writes_neither_twice() {
+        let _serial = SERIAL.lock().await;
         let metrics = Metrics::new();
         let fake = Fake::default();
         fake.0.use_failures.store(2, Ordering::SeqCst);
@@ -629,6 +640,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn what_queued_up_is_written_in_batches() {
+        let _serial = SERIAL.lock().await;
         let metrics = Metrics::new();
         let fake = Fake::default();
         fake.set_down(true);
@@ -649,6 +661,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn finish_writes_what_it_can_within_the_deadline_and_counts_the_rest() {
+        let _serial = SERIAL.lock().await;
         let metrics = Metrics::new();
         let fake = Fake::default();
         let writer = AuditWriter::start_with(fake.clone(), &metrics, 10);
