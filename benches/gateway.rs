@@ -42,10 +42,12 @@ mod load;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use load::accounts::Issuer;
+use load::flood::Flood;
 use load::imap::{idle_session, login_cycle, ImapClient};
 use load::message::{mailbox_message, Generator};
 use load::net::{connector, rsa_chain, Target};
@@ -55,7 +57,7 @@ use load::smtp::{measure_big_message, SmtpClient};
 use load::stats::{median, ms, Latencies};
 use postern::auth::digest::DigestKey;
 use postern::auth::password;
-use postern::store::{NewUser, Scope, Store};
+use postern::store::{NewUser, Store};
 use rand::Rng;
 use support::dovecot::DovecotOptions;
 use support::Dovecot;
@@ -389,15 +391,7 @@ async fn create_accounts(
     rows: &[String],
 ) -> Accounts {
     let has = |row: &str| rows.iter().any(|r| r == row);
-    let config = postern::config::Config::load(&postern.config_path).expect("postern config");
-    let hasher = postern::server::password_hasher(&config).expect("hasher");
-    let key = DigestKey::new(store.lookup_key().await.expect("lookup key"));
-    let issuer = Issuer {
-        store: store.clone(),
-        hasher,
-        key: Arc::new(key),
-        max_live: config.auth.max_app_passwords,
-    };
+    let issuer = Issuer::new(store, &postern.config_path, DOMAIN).await;
     // (user, number of app passwords) to create.
     let mut users: Vec<(String, usize)> = Vec::new();
     let cached_users = if has("login") || has("growth") {
@@ -493,58 +487,6 @@ async fn create_accounts(
             .collect(),
         sink,
         victim: one("v"),
-    }
-}
-
-#[derive(Clone)]
-struct Issuer {
-    store: Store,
-    hasher: postern::auth::hasher::PasswordHasher,
-    key: Arc<DigestKey>,
-    max_live: u32,
-}
-
-impl Issuer {
-    /// Issues one app password per job, a few at a time (the hash pool bounds it
-    /// anyway); returns (user, password) pairs.
-    async fn issue_all(&self, jobs: Vec<(String, usize)>) -> Vec<(String, String)> {
-        let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
-        let mut set = JoinSet::new();
-        for _ in 0..4 {
-            let (issuer, queue) = (self.clone(), queue.clone());
-            set.spawn(async move {
-                let mut out = Vec::new();
-                loop {
-                    let Some((name, i)) = queue.lock().unwrap().pop_front() else {
-                        return out;
-                    };
-                    let login = format!("{name}@{DOMAIN}");
-                    let label = format!("bench {i}");
-                    let issued = postern::admin::issue_app_password(
-                        &issuer.store,
-                        &issuer.hasher,
-                        &issuer.key,
-                        postern::admin::IssueRequest {
-                            login: &login,
-                            name: &label,
-                            scopes: &[Scope::Imap, Scope::Smtp],
-                            expires_at: None,
-                            max_live: issuer.max_live,
-                        },
-                        postern::auth::verifier::now(),
-                    )
-                    .await
-                    .expect("issue app password");
-                    out.push((name, issued.password.expose().clone()));
-                }
-            });
-        }
-        let mut all = Vec::new();
-        while let Some(done) = set.join_next().await {
-            all.extend(done.unwrap());
-        }
-        // Deterministic order per user: by issue order is not needed, any order is.
-        all
     }
 }
 
@@ -1346,10 +1288,16 @@ impl Bench {
                 } else {
                     unloaded.1.push(&mut phase);
                 }
-                let flood = Flood::start(target, PENALISED_FLOODER, &login);
+                let flood = Flood::start(
+                    target,
+                    &[PENALISED_FLOODER],
+                    std::slice::from_ref(&login),
+                    FLOODERS,
+                );
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 let mut phase = login_phase(target, creds.clone(), 1, FLOOD_CYCLES).await;
-                let (rate, summary) = flood.stop().await;
+                let summary = flood.stop().await;
+                let rate = summary.rate();
                 println!(
                     "  flood via {} from {PENALISED_FLOODER}: {summary}",
                     target.name
@@ -1364,7 +1312,12 @@ impl Bench {
                 }
                 if is_postern {
                     let pid = self.postern.pid();
-                    let flood = Flood::start(target, TRUSTED_FLOODER, &login);
+                    let flood = Flood::start(
+                        target,
+                        &[TRUSTED_FLOODER],
+                        std::slice::from_ref(&login),
+                        FLOODERS,
+                    );
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     let before = self.postern.metrics();
                     let cpu_before = procfs::cpu_seconds(pid).unwrap_or(0.0);
@@ -1373,7 +1326,8 @@ impl Bench {
                     let elapsed = started.elapsed().as_secs_f64();
                     let after = self.postern.metrics();
                     let cpu_after = procfs::cpu_seconds(pid).unwrap_or(0.0);
-                    let (rate, summary) = flood.stop().await;
+                    let summary = flood.stop().await;
+                    let rate = summary.rate();
                     println!("  flood via postern from {TRUSTED_FLOODER}: {summary}");
                     phase.warn("flood trusted");
                     trusted.push(&mut phase);
@@ -1646,122 +1600,4 @@ async fn open_idle(
         }
     }
     (all, errors, first_error)
-}
-
-/// Connections sending LOGIN with random wrong (well-formed) app passwords as fast as
-/// the server answers, reconnecting whenever it closes the connection. An answer held
-/// longer than `FLOOD_PATIENCE` (a penalty delay) is given up on: the flooder drops the
-/// connection and opens another, as an impatient attacker would.
-struct Flood {
-    stop: Arc<AtomicBool>,
-    counts: Arc<FloodCounts>,
-    started: Instant,
-    tasks: JoinSet<()>,
-}
-
-const FLOOD_PATIENCE: Duration = Duration::from_millis(500);
-
-#[derive(Default)]
-struct FloodCounts {
-    /// Answered `NO` (a refusal after verification).
-    refused: AtomicU64,
-    /// Answered `NO [UNAVAILABLE]` (rate limited, or the hash pool timed out).
-    unavailable: AtomicU64,
-    /// Given up after `FLOOD_PATIENCE`.
-    held: AtomicU64,
-    connections: AtomicU64,
-    /// Connections that failed, and the first error.
-    errors: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-impl Flood {
-    fn start(target: &Target, from: IpAddr, login: &str) -> Flood {
-        let stop = Arc::new(AtomicBool::new(false));
-        let counts = Arc::new(FloodCounts::default());
-        let mut tasks = JoinSet::new();
-        for _ in 0..FLOODERS {
-            let (stop, counts, target) = (stop.clone(), counts.clone(), target.clone());
-            let login = login.to_string();
-            tasks.spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let mut client = match ImapClient::connect(&target, Some(from)).await {
-                        Ok(client) => client,
-                        Err(e) => {
-                            counts.errors.fetch_add(1, Ordering::Relaxed);
-                            counts
-                                .first_error
-                                .lock()
-                                .unwrap()
-                                .get_or_insert_with(|| format!("{e:#}"));
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    };
-                    counts.connections.fetch_add(1, Ordering::Relaxed);
-                    while !stop.load(Ordering::Relaxed) {
-                        let wrong: String = {
-                            let mut rng = rand::thread_rng();
-                            (0..16)
-                                .map(|_| rng.gen_range(b'a'..=b'z') as char)
-                                .collect()
-                        };
-                        match tokio::time::timeout(FLOOD_PATIENCE, client.login(&login, &wrong))
-                            .await
-                        {
-                            Err(_) => {
-                                counts.held.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            }
-                            Ok(Ok(r)) if r.is_ok() => break,
-                            Ok(Ok(r)) if r.tagged.contains("UNAVAILABLE") => {
-                                counts.unavailable.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(Ok(_)) => {
-                                counts.refused.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(Err(_)) => break,
-                        }
-                    }
-                }
-            });
-        }
-        Flood {
-            stop,
-            counts,
-            started: Instant::now(),
-            tasks,
-        }
-    }
-
-    /// Stops the flood; returns the answered wrong attempts per second and a summary.
-    async fn stop(mut self) -> (f64, String) {
-        self.stop.store(true, Ordering::Relaxed);
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let c = &self.counts;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let answered = get(&c.refused) + get(&c.unavailable);
-        let errors = get(&c.errors);
-        let summary = format!(
-            "{:.1} s: {} refused, {} unavailable, {} held > {:?}, {} connections{}",
-            elapsed,
-            get(&c.refused),
-            get(&c.unavailable),
-            get(&c.held),
-            FLOOD_PATIENCE,
-            get(&c.connections),
-            if errors > 0 {
-                format!(
-                    ", {errors} failed (first: {})",
-                    c.first_error.lock().unwrap().as_deref().unwrap_or("?")
-                )
-            } else {
-                String::new()
-            }
-        );
-        // Penalty delays can hold an answer for seconds: don't wait for them.
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
-        (answered as f64 / elapsed, summary)
-    }
 }

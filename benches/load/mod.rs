@@ -1,11 +1,13 @@
 //! Load clients and measuring tools for postern's benchmarks: `benches/gateway.rs` (the
 //! side-by-side suite against direct Dovecot), `benches/smtp_memory.rs`, and whatever
-//! longer runs come next (a soak test reusing the same clients).
+//! `benches/soak.rs` (the long mixed run).
 //!
+//! - [`accounts`]: app passwords issued in-process before a run;
 //! - [`net`]: TLS connectors and connections (TCP_NODELAY, optional source address), a
 //!   buffered line reader;
 //! - [`imap`]: a small IMAP client (greeting, LOGIN, SELECT, IDLE/DONE, FETCH, LOGOUT)
 //!   that skips literals without keeping them, and a whole login cycle;
+//! - [`flood`]: wrong passwords as fast as the server answers them;
 //! - [`smtp`]: a small submission client (EHLO, AUTH PLAIN, MAIL/RCPT/DATA), and the
 //!   "RSS while a big message passes" measurement;
 //! - [`stats`]: latency recording (sorted samples, percentiles) and medians;
@@ -17,6 +19,8 @@
 //! The including crate declares `mod support;` (tests/support) at its root as well.
 #![allow(dead_code)]
 
+pub mod accounts;
+pub mod flood;
 pub mod imap;
 pub mod message;
 pub mod net;

@@ -139,7 +139,18 @@ master_password_file = "{master_password_file}"
         run_cli(&config_path, &["check-config"]);
 
         let log = std::fs::File::create(dir.path().join("postern.log")).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_postern"));
+        // BENCH_POSTERN_WRAPPER runs postern under a profiler, e.g. "heaptrack -o
+        // /tmp/postern": the numbers measured on the process are then the wrapper's.
+        let wrapper = std::env::var("BENCH_POSTERN_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(env!("CARGO_BIN_EXE_postern"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_postern")),
+        };
         command
             .arg("--config")
             .arg(&config_path)
