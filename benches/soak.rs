@@ -102,7 +102,6 @@ fn main() {
 
     let dovecot = Dovecot::start_with(DovecotOptions {
         max_sessions: Some(idle_sessions as u32 + 200),
-        imap_client_limit: Some(20),
         ..DovecotOptions::default()
     });
     let postern = PosternProcess::start(
@@ -179,6 +178,13 @@ fn main() {
         println!("flood: {flood}");
     }
     println!("postern log: {panics} panics, {error_lines} ERROR lines");
+    for line in log
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("panicked"))
+        .take(5)
+    {
+        println!("  {line}");
+    }
     println!("\npostern RSS over time:");
     for sample in &outcome.samples {
         println!(
@@ -453,10 +459,10 @@ impl Soak {
                 let rss_kib = procfs::try_memory(pid).map_or(0, |m| m.rss_kib);
                 let note = format!(
                     "logins ok {:.0}, refused {:.0}, rate limited {:.0}; messages {:.0}; errors {}",
-                    metric(&metrics, "postern_auth_attempts_total{protocol=\"imap\",mechanism=\"login\",result=\"ok\"}"),
-                    metric(&metrics, "postern_auth_attempts_total{protocol=\"imap\",mechanism=\"login\",result=\"bad_password\"}")
-                        + metric(&metrics, "postern_auth_attempts_total{protocol=\"imap\",mechanism=\"login\",result=\"unknown_user\"}"),
-                    metric(&metrics, "postern_auth_attempts_total{protocol=\"imap\",mechanism=\"login\",result=\"rate_limited\"}"),
+                    metric(&metrics, "postern_auth_attempts_total{mechanism=\"login\",protocol=\"imap\",result=\"ok\"}"),
+                    metric(&metrics, "postern_auth_attempts_total{mechanism=\"login\",protocol=\"imap\",result=\"bad_password\"}")
+                        + metric(&metrics, "postern_auth_attempts_total{mechanism=\"login\",protocol=\"imap\",result=\"unknown_user\"}"),
+                    metric(&metrics, "postern_auth_attempts_total{mechanism=\"login\",protocol=\"imap\",result=\"rate_limited\"}"),
                     metric(&metrics, "postern_smtp_messages_total{result=\"accepted\"}"),
                     self.error_count.load(Ordering::SeqCst),
                 );

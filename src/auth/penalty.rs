@@ -1,7 +1,9 @@
 //! Login penalties, like Dovecot's: every failed login from a client address (IPv6
 //! grouped by /64) and for a login name makes the next answer wait longer: 2, 4, 8, then
 //! 15 seconds. While a penalty runs, further attempts from that address or for that login
-//! are answered at once with a temporary failure and never reach the password hash.
+//! never reach the password hash: they are answered with a temporary failure once the
+//! penalty has run out, so a flood of guesses gets one answer per penalty and
+//! connection, not thousands a second.
 //! Retyping the same wrong password is counted once (a phone retrying with a stale
 //! password is not an attack). Trusted networks are exempt.
 
@@ -90,15 +92,20 @@ impl Penalties {
     /// Whether an attempt may be verified now; `false` means answer with a temporary
     /// failure without hashing. `login` is the canonical (lowercased) login.
     pub fn may_attempt(&self, ip: IpAddr, login: &str) -> bool {
-        let Some(keys) = self.keys(ip, login) else {
-            return true;
-        };
+        self.blocked_for(ip, login).is_none()
+    }
+
+    /// How long the penalties on the address and the login still run (the longer of the
+    /// two), or `None` when an attempt may be verified now.
+    pub fn blocked_for(&self, ip: IpAddr, login: &str) -> Option<Duration> {
+        let keys = self.keys(ip, login)?;
         let now = Instant::now();
-        keys.iter().all(|key| {
-            self.records
-                .get(key)
-                .is_none_or(|record| lock(&record).blocked_until.is_none_or(|until| until <= now))
-        })
+        keys.iter()
+            .filter_map(|key| self.records.get(key))
+            .filter_map(|record| lock(&record).blocked_until)
+            .filter(|&until| until > now)
+            .map(|until| until - now)
+            .max()
     }
 
     /// Counts a failed login and returns how long to wait before answering it. A wrong
@@ -171,7 +178,14 @@ mod tests {
                 "the address is blocked too"
             );
             assert!(penalties.may_attempt(ip("198.51.100.7"), "bob"));
-            tokio::time::advance(delay).await;
+            assert_eq!(penalties.blocked_for(client, "alice"), Some(delay));
+            tokio::time::advance(delay / 2).await;
+            assert_eq!(
+                penalties.blocked_for(client, "bob"),
+                Some(delay - delay / 2)
+            );
+            tokio::time::advance(delay - delay / 2).await;
+            assert_eq!(penalties.blocked_for(client, "alice"), None);
             delays.push(delay.as_secs());
         }
         assert_eq!(delays, [2, 4, 8, 15, 15]);

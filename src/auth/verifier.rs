@@ -166,7 +166,7 @@ impl Verifier {
 
     /// Decides one login attempt. A cached verification answers at once, without the
     /// store; otherwise a running penalty answers [`Verdict::RateLimited`] without hashing,
-    /// and a refusal is answered only after the penalty delay it earns. When the store
+    /// once it has run out, and a refusal is answered only after the penalty delay it earns. When the store
     /// cannot be read the answer is an [`AuthError`] (a temporary failure for the client)
     /// and no penalty is counted: an outage is not the client's fault. The caller reports
     /// the final outcome, which may be an upstream failure, with [`Verifier::record`].
@@ -181,7 +181,10 @@ impl Verifier {
             self.cache.invalidate(&cache_key).await;
         }
         let ip = attempt.client.ip();
-        if !self.penalties.may_attempt(ip, &login) {
+        if let Some(left) = self.penalties.blocked_for(ip, &login) {
+            // Answered once the penalty has run out, never by hashing: a flooder gets one
+            // answer per penalty on each connection instead of one per round trip.
+            tokio::time::sleep(left).await;
             return Ok(Verdict::RateLimited);
         }
         self.metrics.auth_cache_misses.inc();
