@@ -342,15 +342,24 @@ async fn relay_session(gateway: &Gateway, session: LoggedInSession) -> Outcome {
         app_password_id: grant.app_password_id,
         end,
     };
-    let mut upstream = logged_in.stream;
+    // Everything but the two streams goes before the relay starts: a session may sit in
+    // IDLE for days, and a field left behind by a partial move would live as long.
+    let LoggedIn {
+        stream: mut upstream,
+        ok_text,
+        pending,
+    } = logged_in;
+    drop((ok_text, pending));
     if let Err(error) = client.send_queued(&mut to_client).await {
         return Outcome::ClientError(error);
     }
+    drop(to_client);
     if !pipelined.is_empty() {
         if let Err(error) = upstream.write_all(&pipelined).await {
             return outcome(RelayEnd::Failed(error));
         }
     }
+    drop(pipelined);
     let live = gateway
         .sessions
         .register(grant.user_id, grant.app_password_id);
