@@ -216,7 +216,10 @@ impl Session<'_> {
                         let reply = self.rcpt_to(&line, conversation.recipients()).await;
                         conversation.reply(reply);
                     }
-                    Action::Data => conversation.data_accepted(),
+                    Action::Data => {
+                        self.open_data().await;
+                        conversation.data_accepted();
+                    }
                     Action::MessageHeader(header) => match self.start_message(&header).await {
                         Ok(()) => conversation.accept_message(),
                         Err(reply) => conversation.reject_message(reply),
@@ -243,6 +246,7 @@ impl Session<'_> {
                     }
                 }
             }
+            self.flush_upstream().await;
             if let Err(error) = stream.send_queued(&mut output).await {
                 return Outcome::ClientError(error);
             }
@@ -461,7 +465,21 @@ impl Session<'_> {
         reply
     }
 
-    /// Checks the header block, then opens DATA upstream and sends it.
+    /// Sends DATA upstream as soon as the client sends it, without waiting: its `354`
+    /// arrives while the client sends the message, and is read with the header. The client
+    /// gets its `354` at once; an upstream refusal of DATA is its reply after the dot.
+    async fn open_data(&mut self) {
+        let Some(upstream) = self.upstream.as_mut() else {
+            return; // the header will answer 451
+        };
+        if let Err(error) = upstream.send_command(b"DATA\r\n").await {
+            tracing::warn!(%error, "upstream failed at DATA");
+            self.upstream = None;
+        }
+    }
+
+    /// Checks the header block, then reads the upstream's reply to DATA and queues the
+    /// header after it.
     async fn start_message(&mut self, header: &[u8]) -> Result<(), Vec<u8>> {
         let Some(grant) = self.grant.clone() else {
             return Err(b"530 5.7.0 Authentication required\r\n".to_vec());
@@ -473,7 +491,9 @@ impl Session<'_> {
         }
         if !policy::header_senders_allowed(&grant, &facts) {
             tracing::info!(login = ?grant.login, senders = ?facts.senders, "header sender refused");
-            let _ = self.relay_command(b"RSET\r\n", None).await;
+            // The upstream is inside DATA: closing it without the final dot discards the
+            // message, and the next MAIL logs in anew.
+            self.upstream = None;
             self.finish_message("sender_refused", None);
             return Err(HEADER_SENDER_REFUSED.to_vec());
         }
@@ -481,7 +501,7 @@ impl Session<'_> {
             self.finish_message("upstream_failed", None);
             return Err(UPSTREAM_LOST.to_vec());
         };
-        let reply = match upstream.command(b"DATA\r\n").await {
+        let reply = match upstream.read_reply().await {
             Ok(reply) => reply,
             Err(error) => {
                 tracing::warn!(%error, "upstream failed at DATA");
@@ -499,6 +519,17 @@ impl Session<'_> {
             self.upstream = None;
         }
         Ok(())
+    }
+
+    /// Writes the message data queued in this round, before the client is read again.
+    async fn flush_upstream(&mut self) {
+        let Some(upstream) = self.upstream.as_mut() else {
+            return;
+        };
+        if let Err(error) = upstream.flush().await {
+            tracing::warn!(%error, "upstream failed while receiving the message");
+            self.upstream = None;
+        }
     }
 
     async fn send_body(&mut self, bytes: &[u8]) {

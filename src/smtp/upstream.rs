@@ -434,6 +434,9 @@ pub struct SmtpUpstream {
     stream: Stream,
     /// Bytes read but not yet returned as a reply: the rest of a pipelined batch.
     buffer: Vec<u8>,
+    /// Bytes queued by [`SmtpUpstream::send`], not yet written: a message's header, body
+    /// and final dot go out together, as few TLS records and writes as the size allows.
+    pending: Vec<u8>,
     capabilities: Capabilities,
     reply_timeout: Duration,
 }
@@ -443,6 +446,7 @@ impl SmtpUpstream {
         Self {
             stream,
             buffer: Vec::with_capacity(1024),
+            pending: Vec::new(),
             capabilities: Capabilities::default(),
             reply_timeout,
         }
@@ -460,9 +464,42 @@ impl SmtpUpstream {
         self.exchange(line, command_phase(line)).await
     }
 
-    /// Writes raw bytes (message data) without reading.
+    /// Writes `line` (which must end in CRLF) without reading its reply: DATA, whose `354`
+    /// is read by [`SmtpUpstream::read_reply`] once the client's message arrives.
+    pub async fn send_command(&mut self, line: &[u8]) -> Result<(), UpstreamError> {
+        debug_assert!(line.ends_with(b"\r\n"), "an SMTP command line ends in CRLF");
+        self.write(line, command_phase(line)).await
+    }
+
+    /// Queues raw bytes (message data, a pipelined command) without reading. They are
+    /// written once [`SEND_BATCH`] bytes are queued, by [`SmtpUpstream::flush`], or before
+    /// the next command or reply is read.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
-        self.write(bytes, "message data").await
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= SEND_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what [`SmtpUpstream::send`] queued.
+    pub async fn flush(&mut self) -> Result<(), UpstreamError> {
+        self.write_pending("message data").await
+    }
+
+    async fn write_pending(&mut self, phase: &'static str) -> Result<(), UpstreamError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let written = self.write_now(&pending, phase).await;
+        self.pending = pending;
+        self.pending.clear();
+        // A big message's batch is not kept for the rest of the session.
+        if self.pending.capacity() > SEND_BATCH {
+            self.pending = Vec::new();
+        }
+        written
     }
 
     /// Reads one reply (to a pipelined command, or to the final dot) within the reply
@@ -515,7 +552,16 @@ impl SmtpUpstream {
         self.reply(phase, self.reply_timeout).await
     }
 
+    /// Writes `bytes` after whatever is queued, in one go.
     async fn write(&mut self, bytes: &[u8], phase: &'static str) -> Result<(), UpstreamError> {
+        if self.pending.is_empty() {
+            return self.write_now(bytes, phase).await;
+        }
+        self.pending.extend_from_slice(bytes);
+        self.write_pending(phase).await
+    }
+
+    async fn write_now(&mut self, bytes: &[u8], phase: &'static str) -> Result<(), UpstreamError> {
         let stream = &mut self.stream;
         within(phase, self.reply_timeout, async {
             let io = async {
@@ -535,6 +581,8 @@ impl SmtpUpstream {
         phase: &'static str,
         after: Duration,
     ) -> Result<Reply, UpstreamError> {
+        // What was queued is what the reply answers.
+        self.flush().await?;
         let stream = &mut self.stream;
         let buffer = &mut self.buffer;
         within(phase, after, async {
@@ -560,6 +608,10 @@ impl SmtpUpstream {
         .await
     }
 }
+
+/// Queued message bytes that are written without waiting for the end of the round: 64 KiB
+/// is four full TLS records in one write.
+pub const SEND_BATCH: usize = 64 * 1024;
 
 /// The phase a command's timeout or failure is reported under: its verb.
 fn command_phase(line: &[u8]) -> &'static str {
