@@ -71,7 +71,9 @@ pub async fn accept_loop(
                 return serve(gateway, config, tcp, peer).await;
             }
             let mut tcp = tcp;
-            let Some(client) = client_behind_balancer(&gateway, &config, &mut tcp, peer).await
+            // Boxed: its header buffer is done with before the session starts.
+            let Some(client) =
+                Box::pin(client_behind_balancer(&gateway, &config, &mut tcp, peer)).await
             else {
                 return;
             };
@@ -114,9 +116,13 @@ async fn serve(
     tcp: TcpStream,
     client: SocketAddr,
 ) {
+    // A task is as large as the largest future it may run, for as long as it runs. IMAP's
+    // is kept small for the idle sessions that last for days (its pre-auth phase is boxed
+    // inside); SMTP's, which holds a whole conversation, is boxed here so it costs the IMAP
+    // tasks nothing.
     match config.protocol {
         Protocol::Imap => imap::session::serve(gateway, config, tcp, client).await,
-        Protocol::Smtp => smtp::session::serve(gateway, config, tcp, client).await,
+        Protocol::Smtp => Box::pin(smtp::session::serve(gateway, config, tcp, client)).await,
     }
 }
 
