@@ -40,4 +40,5 @@ pub mod smtp;
 pub mod store;
 pub mod stream;
 pub mod tls;
+pub mod tls_stream;
 pub mod upstream;

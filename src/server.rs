@@ -9,7 +9,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,6 +27,7 @@ use crate::smtp::upstream::{self as smtp_upstream, Capabilities};
 use crate::store::Store;
 use crate::stream::Stream;
 use crate::tls::{self, TlsError};
+use crate::tls_stream::ServerTls;
 use crate::upstream::Upstream;
 
 /// Why the gateway could not start.
@@ -170,14 +170,17 @@ impl Gateway {
     /// The TLS handshake with a client, under the configured timeout; interrupted by
     /// shutdown. The error names what went wrong, for the connection's log line.
     pub async fn accept_tls(&self, tcp: TcpStream) -> Result<Stream, &'static str> {
-        let acceptor = TlsAcceptor::from(read(&self.server_tls).clone());
-        let accept = tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(tcp));
+        let config = read(&self.server_tls).clone();
+        let accept = tokio::time::timeout(
+            self.limits.tls_handshake_timeout,
+            ServerTls::accept(config, tcp),
+        );
         let result = tokio::select! {
             result = accept => result,
             () = self.drain.cancelled() => return Err("shutdown during TLS handshake"),
         };
         match result {
-            Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls.into()))),
+            Ok(Ok(tls)) => Ok(Stream::TlsServer(Box::new(tls))),
             Ok(Err(error)) => {
                 tracing::debug!(%error, "TLS handshake failed");
                 Err("TLS handshake failed")

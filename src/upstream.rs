@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use crate::auth::Secret;
 use crate::config::{UpstreamAuth, UpstreamConfig, UpstreamTls};
 use crate::stream::Stream;
 use crate::tls::{self, TlsError};
+use crate::tls_stream::ClientTls;
 
 /// Why the upstream could not be used. Each variant names the phase, so a log line says
 /// where it broke; `reason()` is the metric label.
@@ -82,7 +83,7 @@ pub struct Upstream {
     pub master_login_format: String,
     master_password_file: PathBuf,
     server_name: ServerName<'static>,
-    connector: TlsConnector,
+    client_tls: Arc<ClientConfig>,
     pub connect_timeout: Duration,
     pub reply_timeout: Duration,
     /// Connections to keep ready ahead of logins, and for how long each.
@@ -104,7 +105,7 @@ impl Upstream {
             master_login_format: config.master_login_format.clone(),
             master_password_file: config.master_password_file.clone(),
             server_name,
-            connector: TlsConnector::from(client as Arc<_>),
+            client_tls: client,
             connect_timeout: config.connect_timeout,
             reply_timeout: config.reply_timeout,
             warm_connections: config.warm_connections,
@@ -157,13 +158,12 @@ impl Upstream {
     /// The TLS handshake on an established TCP connection (implicit TLS or after STARTTLS).
     pub async fn start_tls(&self, tcp: TcpStream) -> Result<Stream, UpstreamError> {
         let tls = within("TLS handshake", self.reply_timeout, async {
-            self.connector
-                .connect(self.server_name.clone(), tcp)
+            ClientTls::connect(self.client_tls.clone(), self.server_name.clone(), tcp)
                 .await
                 .map_err(UpstreamError::Tls)
         })
         .await?;
-        Ok(Stream::Tls(Box::new(tls.into())))
+        Ok(Stream::TlsClient(Box::new(tls)))
     }
 }
 

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postern::stream::Stream;
+use tokio_util::either::Either;
+
+use super::ClientStream as Stream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -66,7 +68,7 @@ impl ImapClient {
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .expect("TLS handshake with postern");
-        let mut client = ImapClient::new(Stream::Tls(Box::new(tls.into())));
+        let mut client = ImapClient::new(Either::Right(tls));
         let greeting = client.read_line().await;
         (client, greeting)
     }
@@ -74,7 +76,7 @@ impl ImapClient {
     /// Connects in plaintext and reads the greeting.
     pub async fn connect_plain(address: SocketAddr) -> (ImapClient, String) {
         let tcp = TcpStream::connect(address).await.expect("connect");
-        let mut client = ImapClient::new(Stream::Plain(tcp));
+        let mut client = ImapClient::new(Either::Left(tcp));
         let greeting = client.read_line().await;
         (client, greeting)
     }
@@ -95,13 +97,13 @@ impl ImapClient {
             &format!("{tag} OK Begin TLS negotiation now")
         );
         assert!(self.buffer.is_empty(), "bytes after the STARTTLS reply");
-        let stream = std::mem::replace(&mut self.stream, Stream::Plain(dummy_tcp().await));
-        let tcp = stream.into_plain().expect("plaintext before STARTTLS");
+        let stream = std::mem::replace(&mut self.stream, Either::Left(dummy_tcp().await));
+        let tcp = super::into_plain(stream);
         let tls = connector(ca_path)
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .expect("TLS handshake after STARTTLS");
-        self.stream = Stream::Tls(Box::new(tls.into()));
+        self.stream = Either::Right(tls);
     }
 
     /// Writes raw bytes.
@@ -200,7 +202,8 @@ impl ImapClient {
     }
 }
 
-fn literal_length(line: &[u8]) -> Option<usize> {
+/// `{N}` or `{N+}` at the end of a line: the length of the literal that follows.
+pub fn literal_length(line: &[u8]) -> Option<usize> {
     let line = line.strip_suffix(b"\n")?;
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let inner = line.strip_suffix(b"}")?;

@@ -31,6 +31,21 @@ use std::process::{Child, Command};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
+/// A test client's connection: plaintext, or TLS through tokio-rustls, a driver of rustls
+/// independent of postern's own TLS stream.
+pub type ClientStream = tokio_util::either::Either<
+    tokio::net::TcpStream,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+>;
+
+/// The plaintext connection underneath, for a STARTTLS upgrade.
+pub fn into_plain(stream: ClientStream) -> tokio::net::TcpStream {
+    match stream {
+        tokio_util::either::Either::Left(tcp) => tcp,
+        tokio_util::either::Either::Right(_) => panic!("plaintext before STARTTLS"),
+    }
+}
+
 /// How long a peer may take to become ready (or to stop) before the harness panics.
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use postern::stream::Stream;
+use tokio_util::either::Either;
+
+use super::ClientStream as Stream;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -25,7 +27,7 @@ impl SmtpClient {
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .expect("TLS handshake with postern");
-        let mut client = SmtpClient::new(Stream::Tls(Box::new(tls.into())));
+        let mut client = SmtpClient::new(Either::Right(tls));
         let greeting = client.read_reply().await;
         (client, greeting)
     }
@@ -33,7 +35,7 @@ impl SmtpClient {
     /// Plaintext; returns the client and the greeting.
     pub async fn connect_plain(address: SocketAddr) -> (SmtpClient, String) {
         let tcp = TcpStream::connect(address).await.expect("connect");
-        let mut client = SmtpClient::new(Stream::Plain(tcp));
+        let mut client = SmtpClient::new(Either::Left(tcp));
         let greeting = client.read_reply().await;
         (client, greeting)
     }
@@ -50,15 +52,13 @@ impl SmtpClient {
     pub async fn starttls(&mut self, ca_path: &Path) {
         let reply = self.command("STARTTLS").await;
         assert!(reply.starts_with("220 "), "{reply}");
-        let placeholder = Stream::Plain(placeholder_tcp().await);
-        let tcp = std::mem::replace(&mut self.stream, placeholder)
-            .into_plain()
-            .expect("plaintext before STARTTLS");
+        let placeholder = Either::Left(placeholder_tcp().await);
+        let tcp = super::into_plain(std::mem::replace(&mut self.stream, placeholder));
         let tls = connector(ca_path)
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .expect("TLS handshake after STARTTLS");
-        self.stream = Stream::Tls(Box::new(tls.into()));
+        self.stream = Either::Right(tls);
     }
 
     /// Writes raw bytes.
