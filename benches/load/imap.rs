@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 use super::net::{Buffered, Target, Tls};
+use crate::support::imap_client::literal_length;
 
 /// The tagged status of a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,7 +149,7 @@ impl ImapClient {
             let first = self.conn.read_line_bytes().await?;
             // A line ending in a literal continues after the literal's bytes.
             let mut current = first.clone();
-            while let Some(n) = literal_length(&current) {
+            while let Some(n) = literal_length(&current).map(|n| n as u64) {
                 self.conn.skip(n).await?;
                 literal_bytes += n;
                 current = self.conn.read_line_bytes().await?;
@@ -216,17 +217,4 @@ pub fn quote(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-/// `{N}` or `{N+}` at the end of a line: the length of the literal that follows.
-fn literal_length(line: &[u8]) -> Option<u64> {
-    let line = line.strip_suffix(b"\n")?;
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let inner = line.strip_suffix(b"}")?;
-    let open = inner.iter().rposition(|&b| b == b'{')?;
-    std::str::from_utf8(&inner[open + 1..])
-        .ok()?
-        .trim_end_matches('+')
-        .parse()
-        .ok()
 }
