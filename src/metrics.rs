@@ -36,6 +36,10 @@ pub struct Metrics {
     /// TCP connect plus TLS to the upstream.
     pub upstream_connect_seconds: HistogramVec,
     pub upstream_errors: IntCounterVec,
+    /// Upstream logins by the connection they used: `warm` (connected and greeted ahead
+    /// of the login) or `new` (connected for it). Many `new` IMAP logins under load mean
+    /// `warm_connections` is too small.
+    pub upstream_logins: IntCounterVec,
     /// Bytes relayed after login, by direction.
     pub relay_bytes: IntCounterVec,
     pub smtp_messages: IntCounterVec,
@@ -174,6 +178,12 @@ impl Metrics {
                 "Failed upstream connections and logins.",
                 &["protocol", "reason"],
             ),
+            upstream_logins: counter_vec(
+                r,
+                "postern_upstream_logins_total",
+                "Upstream logins, by whether a warm connection was used.",
+                &["protocol", "connection"],
+            ),
             relay_bytes: counter_vec(
                 r,
                 "postern_relay_bytes_total",
@@ -225,6 +235,10 @@ impl Metrics {
             self.sessions_active.with_label_values(&[protocol]).set(0);
             for direction in ["to_upstream", "to_client"] {
                 self.relay_bytes.with_label_values(&[protocol, direction]);
+            }
+            for connection in ["warm", "new"] {
+                self.upstream_logins
+                    .with_label_values(&[protocol, connection]);
             }
             for mechanism in ["login", "plain"] {
                 for result in RESULTS {

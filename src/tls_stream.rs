@@ -330,22 +330,19 @@ impl Io {
                 "TLS peer sent too much without completing a record",
             )));
         }
-        loop {
-            ready!(self.tcp.poll_read_ready(cx))?;
-            self.incoming.reserve(READ_SIZE);
-            match self.tcp.try_read_buf(&mut self.incoming) {
-                Ok(0) => {
-                    self.eof = true;
-                    self.release_incoming();
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(_) => return Poll::Ready(Ok(())),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    self.release_incoming();
-                }
-                Err(error) => return Poll::Ready(Err(error)),
-            }
+        // Readable first, so an idle connection holds no read buffer. The read itself is
+        // tokio's: a short read marks the socket drained, as a caller checking its
+        // readiness (the warm upstream connections) expects.
+        ready!(self.tcp.poll_read_ready(cx))?;
+        self.incoming.reserve(READ_SIZE);
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.incoming);
+        if !matches!(read, Poll::Ready(Ok(n)) if n > 0) {
+            self.release_incoming();
         }
+        if ready!(read)? == 0 {
+            self.eof = true;
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Drops `discard` processed bytes from the front of `incoming`.

@@ -245,6 +245,34 @@ async fn the_password_is_accepted_however_it_is_retyped() {
     postern.stop().await;
 }
 
+/// Logins take the upstream connections made ahead of them (TLS to Dovecot, greeting
+/// read), and the pool refills: a warm connection must still look idle after its greeting.
+#[tokio::test(flavor = "multi_thread")]
+async fn logins_use_warm_upstream_connections() {
+    let (_dovecot, postern, password, _) = setup(Options::default()).await;
+    for round in 1..=3 {
+        // Readiness, not a sleep: the pool (4 by default) refills in the background.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while postern.gateway.imap_warm.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no warm connection");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (mut client, _) = ready_to_login(&postern, "implicit").await;
+        let login = client
+            .command("a1", &format!("LOGIN alice@example.test \"{password}\""))
+            .await;
+        assert!(login.last().unwrap().starts_with("a1 OK"), "{login:?}");
+        let logout = client.command("a2", "LOGOUT").await;
+        assert!(logout.last().unwrap().starts_with("a2 OK"), "{logout:?}");
+        let metrics = postern.metrics();
+        let warm = r#"postern_upstream_logins_total{connection="warm",protocol="imap"}"#;
+        let new = r#"postern_upstream_logins_total{connection="new",protocol="imap"}"#;
+        assert_eq!(metric(&metrics, warm), f64::from(round), "{metrics}");
+        assert_eq!(metric(&metrics, new), 0.0, "{metrics}");
+    }
+    postern.stop().await;
+}
+
 /// TLS 1.2 clients (older Outlook, printers) are served too.
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_1_2_clients_are_served() {

@@ -299,15 +299,24 @@ async fn upstream_login(
                 // The upstream dropped the warm connection just before it was taken.
                 Err(UpstreamError::Io { .. } | UpstreamError::Closed(_)) => {
                     tracing::debug!("warm upstream connection was gone; connecting anew");
-                    imap_upstream::login(&upstream, request).await
+                    imap_upstream::login(&upstream, request)
+                        .await
+                        .map(|(logged_in, connect_time)| (logged_in, connect_time, "new"))
                 }
-                result => result.map(|logged_in| (logged_in, connect_time)),
+                result => result.map(|logged_in| (logged_in, connect_time, "warm")),
             }
         }
-        None => imap_upstream::login(&upstream, request).await,
+        None => imap_upstream::login(&upstream, request)
+            .await
+            .map(|(logged_in, connect_time)| (logged_in, connect_time, "new")),
     };
     match result {
-        Ok((logged_in, connect_time)) => {
+        Ok((logged_in, connect_time, connection)) => {
+            gateway
+                .metrics
+                .upstream_logins
+                .with_label_values(&["imap", connection])
+                .inc();
             gateway
                 .metrics
                 .upstream_connect_seconds

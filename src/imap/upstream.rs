@@ -63,11 +63,15 @@ impl Greeted {
         if self.ready_at.elapsed() >= max_age || !self.conn.buffer.is_empty() {
             return false;
         }
+        // Nothing to read and no end of file: the upstream waits for a command. A peek,
+        // not the socket's readiness flag, which may still be set after the last read.
         let mut context = Context::from_waker(std::task::Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut peeked = tokio::io::ReadBuf::new(&mut byte);
         self.conn
             .stream
             .tcp()
-            .poll_read_ready(&mut context)
+            .poll_peek(&mut context, &mut peeked)
             .is_pending()
     }
 }

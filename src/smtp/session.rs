@@ -373,6 +373,11 @@ impl Session<'_> {
                     .upstream_connect_seconds
                     .with_label_values(&["smtp"])
                     .observe(connect_time.as_secs_f64());
+                gateway
+                    .metrics
+                    .upstream_logins
+                    .with_label_values(&["smtp", "new"])
+                    .inc();
                 Ok(logged_in)
             }
             Err(error) => {
