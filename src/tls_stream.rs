@@ -191,6 +191,11 @@ impl<S: Side> TlsStream<S> {
         &self.io.tcp
     }
 
+    /// Whether the handshake resumed an earlier session (no certificate, no signature).
+    pub fn resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
     /// The negotiated protocol version, once the handshake is over.
     pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
         self.conn.protocol_version()
@@ -681,6 +686,28 @@ mod tests {
             assert_eq!(&got, b"NOOP\r\n");
         }
         holds_no_buffer(&client);
+    }
+
+    #[tokio::test]
+    async fn the_next_connection_resumes_with_a_ticket_read_after_the_handshake() {
+        let (server_config, client_config) = configs();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
+        let mut resumed = Vec::new();
+        for _ in 0..2 {
+            let (client_tcp, server_tcp) = tcp_pair().await;
+            let (client, server) = tokio::join!(
+                ClientTls::connect(client_config.clone(), localhost(), client_tcp),
+                acceptor.accept(server_tcp)
+            );
+            let (mut client, mut server) = (client.unwrap(), server.unwrap());
+            resumed.push(client.resumed());
+            // The tickets come after the handshake, ahead of the greeting.
+            server.write_all(b"* OK\r\n").await.unwrap();
+            server.flush().await.unwrap();
+            let mut greeting = [0u8; 6];
+            client.read_exact(&mut greeting).await.unwrap();
+        }
+        assert_eq!(resumed, [false, true]);
     }
 
     #[tokio::test]

@@ -163,6 +163,7 @@ impl Upstream {
                 .map_err(UpstreamError::Tls)
         })
         .await?;
+        tracing::debug!(resumed = tls.resumed(), "upstream TLS handshake");
         Ok(Stream::TlsClient(Box::new(tls)))
     }
 }
