@@ -336,8 +336,8 @@ impl Io {
             )));
         }
         // Readable first, so an idle connection holds no read buffer. The read itself is
-        // tokio's: a short read marks the socket drained, as a caller checking its
-        // readiness (the warm upstream connections) expects.
+        // tokio's: a short read marks the socket drained, so the next wait starts without
+        // a read that would block, and the readiness flag tells the truth.
         ready!(self.tcp.poll_read_ready(cx))?;
         self.incoming.reserve(READ_SIZE);
         let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.incoming);

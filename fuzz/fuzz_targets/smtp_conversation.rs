@@ -5,7 +5,7 @@
 //! machine is driven until it has nothing to do, answering every action as a session
 //! would (the upstream says yes to everything but alternates on AUTH and on the sender
 //! check). Besides not panicking, every reply must be complete lines and the machine must
-//! never loop.
+//! never loop. Each header block also goes through the sender policy's header parser.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -74,7 +74,13 @@ fuzz_target!(|data: &[u8]| {
                     refuse_data = !refuse_data;
                 }
                 Action::MessageHeader(header) => {
-                    assert!(!header.is_empty());
+                    // Whole lines, or nothing: an empty message ("DATA", then ".").
+                    assert!(
+                        header.is_empty() || header.ends_with(b"\r\n"),
+                        "a header that is not whole lines"
+                    );
+                    // What the session reads from it for the sender policy and the log.
+                    let _ = postern::smtp::policy::header_facts(&header);
                     if accept {
                         machine.accept_message();
                     } else {

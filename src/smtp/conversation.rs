@@ -2095,6 +2095,19 @@ mod tests {
     // ----- message data -----
 
     #[test]
+    fn an_empty_message_is_an_empty_header_then_its_end() {
+        // "DATA" then at once "." (found by the fuzzer): the upstream judges an empty
+        // message, as it would without postern.
+        let mut m = in_message();
+        assert_eq!(exchange(&mut m, b".\r\n"), "<header \"\">");
+        m.accept_message();
+        assert_eq!(drain(&mut m), "<end>");
+        m.reply(b"250 2.0.0 queued\r\n".to_vec());
+        assert_eq!(drain(&mut m), "250 2.0.0 queued\r\n");
+        assert!(m.between_commands());
+    }
+
+    #[test]
     fn message_without_an_empty_line_is_all_header() {
         let mut m = in_message();
         assert_eq!(
