@@ -398,7 +398,7 @@ impl Io {
 
 /// Runs `encode` on room at the end of `buffer` (first `guess` bytes, then what it says it
 /// needs) and keeps what it wrote.
-fn grow_into<E: Into<EncodeFailure>>(
+fn grow_into<E: TooSmall>(
     buffer: &mut Vec<u8>,
     guess: usize,
     mut encode: impl FnMut(&mut [u8]) -> Result<usize, E>,
@@ -407,55 +407,46 @@ fn grow_into<E: Into<EncodeFailure>>(
     let mut room = guess;
     loop {
         buffer.resize(start + room, 0);
-        match encode(&mut buffer[start..]).map_err(Into::into) {
+        match encode(&mut buffer[start..]) {
             Ok(written) => {
                 buffer.truncate(start + written);
                 return Ok(());
             }
-            Err(EncodeFailure::TooSmall(InsufficientSizeError { required_size }))
-                if required_size > room =>
-            {
-                room = required_size;
-            }
-            Err(failure) => {
-                buffer.truncate(start);
-                return Err(io::Error::other(failure.message()));
-            }
+            Err(error) => match error.needs() {
+                Some(needed) if needed > room => room = needed,
+                _ => {
+                    buffer.truncate(start);
+                    return Err(io::Error::other(error.to_string()));
+                }
+            },
         }
     }
 }
 
-/// Why rustls did not encode a record.
-enum EncodeFailure {
-    TooSmall(InsufficientSizeError),
-    Other(String),
+/// rustls' two "the buffer is too small" errors, for [`grow_into`].
+trait TooSmall: std::fmt::Display {
+    /// The room needed, when the buffer was too small.
+    fn needs(&self) -> Option<usize>;
 }
 
-impl EncodeFailure {
-    fn message(&self) -> String {
+impl TooSmall for EncodeError {
+    fn needs(&self) -> Option<usize> {
         match self {
-            EncodeFailure::TooSmall(error) => {
-                format!("TLS record needs {} bytes", error.required_size)
+            EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Some(*required_size)
             }
-            EncodeFailure::Other(message) => message.clone(),
+            _ => None,
         }
     }
 }
 
-impl From<EncodeError> for EncodeFailure {
-    fn from(error: EncodeError) -> Self {
-        match error {
-            EncodeError::InsufficientSize(size) => EncodeFailure::TooSmall(size),
-            other => EncodeFailure::Other(other.to_string()),
-        }
-    }
-}
-
-impl From<EncryptError> for EncodeFailure {
-    fn from(error: EncryptError) -> Self {
-        match error {
-            EncryptError::InsufficientSize(size) => EncodeFailure::TooSmall(size),
-            other => EncodeFailure::Other(other.to_string()),
+impl TooSmall for EncryptError {
+    fn needs(&self) -> Option<usize> {
+        match self {
+            EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Some(*required_size)
+            }
+            _ => None,
         }
     }
 }

@@ -491,9 +491,8 @@ impl SmtpUpstream {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
-        let written = self.write_now(&pending, phase).await;
-        self.pending = pending;
+        let written =
+            write_within(&mut self.stream, self.reply_timeout, &self.pending, phase).await;
         self.pending.clear();
         // A big message's batch is not kept for the rest of the session.
         if self.pending.capacity() > SEND_BATCH {
@@ -555,24 +554,10 @@ impl SmtpUpstream {
     /// Writes `bytes` after whatever is queued, in one go.
     async fn write(&mut self, bytes: &[u8], phase: &'static str) -> Result<(), UpstreamError> {
         if self.pending.is_empty() {
-            return self.write_now(bytes, phase).await;
+            return write_within(&mut self.stream, self.reply_timeout, bytes, phase).await;
         }
         self.pending.extend_from_slice(bytes);
         self.write_pending(phase).await
-    }
-
-    async fn write_now(&mut self, bytes: &[u8], phase: &'static str) -> Result<(), UpstreamError> {
-        let stream = &mut self.stream;
-        within(phase, self.reply_timeout, async {
-            let io = async {
-                stream.write_all(bytes).await?;
-                // TLS may hold the last record back until flushed.
-                stream.flush().await
-            };
-            io.await
-                .map_err(|source| UpstreamError::Io { phase, source })
-        })
-        .await
     }
 
     /// One whole reply within `after`, however slowly its bytes arrive.
@@ -609,9 +594,28 @@ impl SmtpUpstream {
     }
 }
 
+/// Writes and flushes `bytes` (TLS may hold the last record back until flushed) within
+/// `after`.
+async fn write_within(
+    stream: &mut Stream,
+    after: Duration,
+    bytes: &[u8],
+    phase: &'static str,
+) -> Result<(), UpstreamError> {
+    within(phase, after, async {
+        let io = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        };
+        io.await
+            .map_err(|source| UpstreamError::Io { phase, source })
+    })
+    .await
+}
+
 /// Queued message bytes that are written without waiting for the end of the round: 64 KiB
 /// is four full TLS records in one write.
-pub const SEND_BATCH: usize = 64 * 1024;
+const SEND_BATCH: usize = 64 * 1024;
 
 /// The phase a command's timeout or failure is reported under: its verb.
 fn command_phase(line: &[u8]) -> &'static str {
