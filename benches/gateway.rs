@@ -111,7 +111,7 @@ fn main() {
     let growth_users: u64 = env_parse("BENCH_GROWTH_USERS", 1_000_000);
     let has = |row: &str| rows.iter().any(|r| r == row);
 
-    let (soft, hard) = load::system::raise_nofile();
+    let (soft, hard) = support::system::raise_nofile();
     let mut sysctls = Vec::new();
     if has("idle") {
         let max_idle = idle_sizes.iter().copied().max().unwrap_or(0) as u64;
@@ -119,7 +119,7 @@ fn main() {
             ("fs.inotify.max_user_instances", 2 * max_idle + 1024),
             ("fs.inotify.max_user_watches", 8 * max_idle + 65536),
         ] {
-            match load::system::Sysctl::raise(name, value) {
+            match support::system::Sysctl::raise(name, value) {
                 Ok(guard) => sysctls.extend(guard),
                 Err(why) => eprintln!(
                     "WARNING: cannot raise {name} to {value} ({why}): Dovecot's IDLE may \
@@ -419,7 +419,7 @@ async fn create_accounts(
     let sink = "sink".to_string();
     dovecot.add_user(&sink, "sink-direct-password");
 
-    let now = postern::auth::verifier::now();
+    let now = postern::clock::now();
     let mut jobs: Vec<(String, usize)> = Vec::new();
     for (name, count) in &users {
         let direct_password = format!("{name}-direct-pw");

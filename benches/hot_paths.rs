@@ -6,14 +6,14 @@
 use std::net::SocketAddr;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use postern::audit::AuditWriter;
 use postern::auth::hasher::PasswordHasher;
-use postern::auth::verifier::{now, VerifierOptions};
 use postern::auth::{LoginAttempt, Secret, Verdict, Verifier};
 use postern::config::Protocol;
 use postern::imap::preauth::{Action, PreAuth, PreAuthOptions};
-use postern::metrics::Metrics;
+use postern::ops::audit::AuditWriter;
+use postern::ops::metrics::Metrics;
 use postern::store::{NewUser, Scope, Store};
+use postern::{auth::verifier::VerifierOptions, clock::now};
 
 fn preauth_login(c: &mut Criterion) {
     c.bench_function("preauth: LOGIN line to Login action", |b| {
@@ -61,26 +61,25 @@ fn verifier(c: &mut Criterion) {
             VerifierOptions {
                 cache_ttl: std::time::Duration::from_secs(600),
                 cache_capacity: 1000,
-                trusted_networks: vec![],
+                penalties: std::sync::Arc::new(postern::limits::penalty::MemoryPenalties::new(
+                    vec![],
+                )),
             },
         )
         .await
         .unwrap();
-        let issued = postern::admin::issue_app_password(
-            &store,
-            &hasher,
-            verifier.lookup_key(),
-            postern::admin::IssueRequest {
+        let accounts = postern::accounts::Accounts::new(store.clone(), hasher.clone(), 40)
+            .await
+            .unwrap();
+        let issued = accounts
+            .issue_app_password(postern::accounts::IssueRequest {
                 login: "alice@example.com",
                 name: "bench",
                 scopes: &[Scope::Imap],
                 expires_at: None,
-                max_live: 40,
-            },
-            now(),
-        )
-        .await
-        .unwrap();
+            })
+            .await
+            .unwrap();
         (verifier, issued.password)
     });
     let client: SocketAddr = "127.0.0.1:50000".parse().unwrap();

@@ -76,7 +76,7 @@ fn main() {
     let baseline = Duration::from_secs(env_parse("SOAK_BASELINE_SECONDS", 120).min(seconds));
     let duration = Duration::from_secs(seconds);
 
-    let (soft, hard) = load::system::raise_nofile();
+    let (soft, hard) = support::system::raise_nofile();
     let mut sysctls = Vec::new();
     for (name, value) in [
         (
@@ -88,7 +88,7 @@ fn main() {
             8 * idle_sessions as u64 + 65536,
         ),
     ] {
-        match load::system::Sysctl::raise(name, value) {
+        match support::system::Sysctl::raise(name, value) {
             Ok(guard) => sysctls.extend(guard),
             Err(why) => eprintln!("WARNING: cannot raise {name} to {value} ({why})"),
         }
@@ -303,7 +303,7 @@ async fn create_accounts(dovecot: &Dovecot, postern: &PosternProcess, fresh: usi
     users.extend((0..SMTP_SESSIONS).map(|i| (format!("m{i}"), 1)));
     users.extend((0..4).map(|i| (format!("v{i}"), 1)));
     dovecot.add_user("sink", "sink-direct-password");
-    let now = postern::auth::verifier::now();
+    let now = postern::clock::now();
     let mut jobs = Vec::new();
     for (name, count) in &users {
         dovecot.add_user(name, &format!("{name}-direct-pw"));

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::protocol::Protocol;
+
 /// Where the configuration is read from when neither `--config` nor `$POSTERN_CONFIG` says.
 pub const DEFAULT_PATH: &str = "config/postern.toml";
 
@@ -75,9 +77,19 @@ pub struct NetworkConfig {
     #[serde(default = "default_proxy_sources")]
     pub proxy_sources: Vec<ipnet::IpNet>,
     /// Concurrent connections from one client address (IPv6 grouped by /64), per
-    /// listener; 0 = no cap.
-    #[serde(default = "default_max_connections_per_ip")]
+    /// listener; 0 = no cap, the default: an office or a carrier-grade NAT puts hundreds
+    /// of people behind one address, each mail client holding several connections. Set it
+    /// to what the largest such address needs (people × devices × connections, say
+    /// 500 × 2 × 5 = 5,000) to stop one address from taking a listener's
+    /// `max_connections`. Trusted networks are exempt.
+    #[serde(default)]
     pub max_connections_per_ip: usize,
+    /// Logged-in sessions one login may hold from one address (IPv6 /64) per protocol,
+    /// like Dovecot's `mail_max_userip_connections`; 0 = no cap. A mail client opens up
+    /// to about 5 IMAP connections per account (Thunderbird's default), and Microsoft 365
+    /// allows 20 per mailbox. The login over the cap gets a temporary failure.
+    #[serde(default = "default_max_sessions_per_user_ip")]
+    pub max_sessions_per_user_ip: usize,
 }
 
 impl Default for NetworkConfig {
@@ -85,7 +97,8 @@ impl Default for NetworkConfig {
         Self {
             trusted_networks: Vec::new(),
             proxy_sources: default_proxy_sources(),
-            max_connections_per_ip: default_max_connections_per_ip(),
+            max_connections_per_ip: 0,
+            max_sessions_per_user_ip: default_max_sessions_per_user_ip(),
         }
     }
 }
@@ -98,8 +111,8 @@ fn default_proxy_sources() -> Vec<ipnet::IpNet> {
     ]
 }
 
-fn default_max_connections_per_ip() -> usize {
-    50
+fn default_max_sessions_per_user_ip() -> usize {
+    20
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,8 +206,11 @@ fn default_store_url() -> String {
     "sqlite://data/postern.db".into()
 }
 
+/// Audit events held in memory while the store cannot be written.
+pub const DEFAULT_AUDIT_QUEUE: usize = 10_000;
+
 fn default_audit_queue() -> usize {
-    crate::audit::DEFAULT_CAPACITY
+    DEFAULT_AUDIT_QUEUE
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -224,24 +240,6 @@ fn default_cert() -> PathBuf {
 
 fn default_key() -> PathBuf {
     "certs/postern.key".into()
-}
-
-/// The protocol a listener speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Imap,
-    Smtp,
-}
-
-impl Protocol {
-    /// The name used in metric labels, logs and scopes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Imap => "imap",
-            Protocol::Smtp => "smtp",
-        }
-    }
 }
 
 /// How a client listener starts TLS.

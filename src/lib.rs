@@ -23,22 +23,20 @@
 //!   login and message events in front of the store, so an outage delays them.
 //! - [`sessions`] tracks live sessions so that revoking an app password closes them.
 
-pub mod admin;
-pub mod audit;
+pub mod accounts;
 pub mod auth;
+pub mod clock;
 pub mod config;
-pub mod connections;
+pub mod gateway;
 pub mod imap;
-pub mod listener;
-pub mod metrics;
-pub mod proxy;
-pub mod relay;
+pub mod limits;
+pub mod net;
+pub mod ops;
+pub mod protocol;
 pub mod sasl;
 pub mod server;
-pub mod sessions;
+pub mod session;
 pub mod smtp;
 pub mod store;
-pub mod stream;
 pub mod tls;
-pub mod tls_stream;
 pub mod upstream;

@@ -6,12 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use postern::admin::{self, AdminError, IssueRequest};
-use postern::auth::digest::DigestKey;
-use postern::auth::verifier::now;
+use postern::accounts::{Accounts, AdminError, IssueRequest, NewAccount};
+use postern::clock::now;
 use postern::config::{self, Config};
-use postern::server::{self, Gateway};
-use postern::store::{AppPassword, AuditRecord, NewUser, Scope, Store, StoreError, User};
+use postern::gateway::{self, Gateway};
+use postern::server;
+use postern::store::{AppPassword, AuditRecord, Scope, Store, StoreError, User};
 
 #[derive(Parser)]
 #[command(
@@ -292,28 +292,32 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-async fn user(config: &Config, command: UserCommand) -> Result<ExitCode> {
+/// The account operations on the configured store.
+async fn accounts(config: &Config) -> Result<Accounts> {
     let store = open_store(config).await?;
+    let hasher = gateway::password_hasher(config)?;
+    Ok(Accounts::new(store, hasher, config.auth.max_app_passwords).await?)
+}
+
+async fn user(config: &Config, command: UserCommand) -> Result<ExitCode> {
+    let accounts = accounts(config).await?;
     let result = match command {
         UserCommand::Add {
             login,
             upstream_user,
-            mut addresses,
+            addresses,
         } => {
-            if addresses.is_empty() && login.contains('@') {
-                addresses.push(login.clone());
-            }
-            let upstream_user = upstream_user.unwrap_or_else(|| login.clone());
-            let new = NewUser {
+            let account = NewAccount {
                 login: &login,
-                upstream_user: &upstream_user,
+                upstream_user: upstream_user.as_deref(),
                 addresses: &addresses,
             };
-            store.add_user(&new, now()).await.map(|user| {
-                println!("added {}", user.login);
-            })
+            accounts
+                .add_user(account)
+                .await
+                .map(|user| println!("added {}", user.login))
         }
-        UserCommand::List { json } => store.users().await.map(|users| {
+        UserCommand::List { json } => accounts.users().await.map(|users| {
             if json {
                 println!(
                     "{}",
@@ -325,44 +329,40 @@ async fn user(config: &Config, command: UserCommand) -> Result<ExitCode> {
                 }
             }
         }),
-        UserCommand::Show { login, json } => match store.user(&login).await {
-            Ok(Some(user)) => {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&user).unwrap_or_default()
-                    );
-                } else {
-                    println!("{}", user_line(&user));
-                    let passwords = store.app_passwords(&login).await?;
-                    for app_password in &passwords {
-                        println!("  {}", app_password_line(app_password));
-                    }
-                }
+        UserCommand::Show { login, json } => match accounts.user(&login).await {
+            Ok(user) if json => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&user).unwrap_or_default()
+                );
                 Ok(())
             }
-            Ok(None) => Err(StoreError::UnknownUser(login)),
+            Ok(user) => accounts.app_passwords(&login).await.map(|passwords| {
+                println!("{}", user_line(&user));
+                for app_password in &passwords {
+                    println!("  {}", app_password_line(app_password));
+                }
+            }),
             Err(error) => Err(error),
         },
-        UserCommand::Disable { login } => {
-            store.set_disabled(&login, true, now()).await.map(|user| {
-                println!("disabled {}", user.login);
-            })
-        }
-        UserCommand::Enable { login } => {
-            store.set_disabled(&login, false, now()).await.map(|user| {
-                println!("enabled {}", user.login);
-            })
-        }
-        UserCommand::Remove { login } => store.remove_user(&login, now()).await.map(|()| {
-            println!("removed {}", login.to_lowercase());
-        }),
+        UserCommand::Disable { login } => accounts
+            .set_disabled(&login, true)
+            .await
+            .map(|user| println!("disabled {}", user.login)),
+        UserCommand::Enable { login } => accounts
+            .set_disabled(&login, false)
+            .await
+            .map(|user| println!("enabled {}", user.login)),
+        UserCommand::Remove { login } => accounts
+            .remove_user(&login)
+            .await
+            .map(|()| println!("removed {}", login.to_lowercase())),
     };
-    finish(result.map_err(AdminError::from))
+    finish(result)
 }
 
 async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<ExitCode> {
-    let store = open_store(config).await?;
+    let accounts = accounts(config).await?;
     let result = match command {
         AppPasswordCommand::Create {
             login,
@@ -371,48 +371,40 @@ async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<Ex
             expires_in,
             json,
         } => {
-            let hasher = server::password_hasher(config)?;
-            let lookup_key = DigestKey::new(store.lookup_key().await?);
             let request = IssueRequest {
                 login: &login,
                 name: &name,
                 scopes: &scopes,
                 expires_at: expires_in.map(|d| now() + d.as_secs() as i64),
-                max_live: config.auth.max_app_passwords,
             };
-            admin::issue_app_password(&store, &hasher, &lookup_key, request, now())
-                .await
-                .map(|issued| {
-                    let app = &issued.app_password;
-                    if json {
-                        let object = serde_json::json!({
-                            "id": app.id,
-                            "login": login.to_lowercase(),
-                            "name": app.name,
-                            "scopes": app.scopes,
-                            "expires_at": app.expires_at.map(timestamp),
-                            "password": issued.password.expose(),
-                        });
-                        println!("{object}");
-                    } else {
-                        println!(
-                            "App password {} ({}) for {}:",
-                            app.id,
-                            app.name,
-                            login.to_lowercase()
-                        );
-                        println!();
-                        println!("    {}", issued.password.expose());
-                        println!();
-                        println!("It is shown only this once. Spaces are optional when typing it.");
-                    }
-                })
+            accounts.issue_app_password(request).await.map(|issued| {
+                let app = &issued.app_password;
+                if json {
+                    let object = serde_json::json!({
+                        "id": app.id,
+                        "login": login.to_lowercase(),
+                        "name": app.name,
+                        "scopes": app.scopes,
+                        "expires_at": app.expires_at.map(timestamp),
+                        "password": issued.password.expose(),
+                    });
+                    println!("{object}");
+                } else {
+                    println!(
+                        "App password {} ({}) for {}:",
+                        app.id,
+                        app.name,
+                        login.to_lowercase()
+                    );
+                    println!();
+                    println!("    {}", issued.password.expose());
+                    println!();
+                    println!("It is shown only this once. Spaces are optional when typing it.");
+                }
+            })
         }
-        AppPasswordCommand::List { login, json } => store
-            .app_passwords(&login)
-            .await
-            .map_err(AdminError::from)
-            .map(|passwords| {
+        AppPasswordCommand::List { login, json } => {
+            accounts.app_passwords(&login).await.map(|passwords| {
                 if json {
                     let list: Vec<_> = passwords.iter().map(app_password_json).collect();
                     println!("{}", serde_json::Value::Array(list));
@@ -421,15 +413,15 @@ async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<Ex
                         println!("{}", app_password_line(app_password));
                     }
                 }
-            }),
-        AppPasswordCommand::Revoke { id: Some(id), .. } => {
-            admin::revoke_app_password(&store, id, now())
-                .await
-                .map(|(_, login)| println!("revoked app password {id} of {login}"))
+            })
         }
+        AppPasswordCommand::Revoke { id: Some(id), .. } => accounts
+            .revoke_app_password(id)
+            .await
+            .map(|(_, login)| println!("revoked app password {id} of {login}")),
         AppPasswordCommand::Revoke {
             all: Some(login), ..
-        } => admin::revoke_all(&store, &login, now()).await.map(|ids| {
+        } => accounts.revoke_all(&login).await.map(|ids| {
             println!(
                 "revoked {} app passwords of {}",
                 ids.len(),

@@ -1,10 +1,12 @@
-//! SASL PLAIN (RFC 4616) decoding, shared by the IMAP and SMTP pre-auth state machines.
+//! SASL PLAIN (RFC 4616) both ways: decoding what clients send, shared by the pre-auth
+//! machines, and encoding what postern sends upstream ([`plain_response`]).
 //!
 //! Clients send `base64(authzid NUL authcid NUL passwd)`. postern logs in upstream as the
 //! authenticated user, so it cannot act for somebody else: an authorization identity that
 //! differs from the login is refused. Errors describe what was wrong with the message, never
 //! its content.
 
+use base64::engine::general_purpose::STANDARD;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::{alphabet, Engine as _};
 
@@ -107,6 +109,22 @@ fn plain_field(bytes: &[u8]) -> Result<&str, SaslError> {
         return Err(SaslError::FieldTooLong);
     }
     std::str::from_utf8(bytes).map_err(|_| SaslError::InvalidUtf8)
+}
+
+/// The base64 PLAIN response `authzid NUL authcid NUL password` that postern sends
+/// upstream; an empty authzid means "as authcid".
+pub fn plain_response(authzid: &str, authcid: &str, password: &Secret<String>) -> Secret<String> {
+    let mut message =
+        Vec::with_capacity(authzid.len() + authcid.len() + password.expose().len() + 2);
+    message.extend_from_slice(authzid.as_bytes());
+    message.push(0);
+    message.extend_from_slice(authcid.as_bytes());
+    message.push(0);
+    message.extend_from_slice(password.expose().as_bytes());
+    let encoded = Secret::new(STANDARD.encode(&message));
+    // The message holds the password in clear: it does not linger in freed memory.
+    message.fill(0);
+    encoded
 }
 
 #[cfg(test)]
@@ -215,5 +233,26 @@ mod tests {
         assert_eq!(decode_base64(b"YQ-_"), Err(SaslError::InvalidBase64));
         assert_eq!(decode_base64(b"*"), Err(SaslError::InvalidBase64));
         assert_eq!(decode_base64(b"Y Q=="), Err(SaslError::InvalidBase64));
+    }
+
+    #[test]
+    fn plain_responses_for_both_login_styles() {
+        let password = Secret::new("pw".to_string());
+        let authzid = plain_response("alice", "proxy", &password);
+        assert_eq!(
+            decode_plain(&decode_base64(authzid.expose().as_bytes()).unwrap()),
+            Err(SaslError::AuthzidMismatch),
+            "a client may not do this; postern does it upstream"
+        );
+        assert_eq!(
+            STANDARD.decode(authzid.expose()).unwrap(),
+            b"alice\0proxy\0pw"
+        );
+        let master = plain_response("", "alice*proxy", &password);
+        assert_eq!(
+            STANDARD.decode(master.expose()).unwrap(),
+            b"\0alice*proxy\0pw"
+        );
+        assert_eq!(format!("{master:?}"), "[redacted]");
     }
 }

@@ -245,7 +245,8 @@ fn app_passwords_are_shown_once_listed_without_secrets_and_revoked() {
             "app_password_revoked",
             "app_password_revoked",
             "app_password_created",
-            "app_password_created"
+            "app_password_created",
+            "user_added"
         ]
     );
     assert!(!work.ok(&["audit"]).is_empty());

@@ -745,7 +745,7 @@ fn prometheus_rules_pass_promtool_check_and_their_unit_tests() {
 #[test]
 fn prometheus_rules_use_only_postern_metric_names_and_results() {
     let rules = std::fs::read_to_string(contrib("prometheus/postern-alerts.yml")).unwrap();
-    let metrics_source = std::fs::read_to_string(repo().join("src/metrics.rs")).unwrap();
+    let metrics_source = std::fs::read_to_string(repo().join("src/ops/metrics.rs")).unwrap();
     let mut names = Vec::new();
     let mut rest = rules.as_str();
     while let Some(at) = rest.find("postern_") {

@@ -6,6 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use postern::store::Scope;
+use support::dovecot::DovecotOptions;
 use support::imap_client::ImapClient;
 use support::postern::{metric, Options, Postern};
 use support::smtp_client::SmtpClient;
@@ -201,6 +202,7 @@ async fn unknown_users_take_as_long_as_wrong_passwords() {
 async fn connections_per_address_are_capped() {
     let options = Options {
         network_extra: "max_connections_per_ip = 2\n",
+        trusted_networks: "[]",
         ..Options::default()
     };
     let (_dovecot, postern, _) = setup(options).await;
@@ -255,5 +257,150 @@ async fn a_full_listener_says_so() {
             "postern_connections_total{listener=\"imaps\",protocol=\"imap\"}"
         ) >= 4.0
     );
+    postern.stop().await;
+}
+
+/// Trusted networks are exempt from the per-address cap: the office that is trusted holds
+/// as many connections as it needs.
+#[tokio::test(flavor = "multi_thread")]
+async fn trusted_addresses_are_not_capped() {
+    let options = Options {
+        network_extra: "max_connections_per_ip = 2\n",
+        ..Options::default()
+    };
+    let (_dovecot, postern, _) = setup(options).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let (client, greeting) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+        assert!(greeting.starts_with("* OK"), "{greeting}");
+        held.push(client);
+    }
+    postern.stop().await;
+}
+
+/// An office of 200 people behind one NAT address, each mail client holding ten IMAP
+/// sessions: with the default caps all 2,000 log in. One login still cannot take more
+/// than its share of the address: the session over `max_sessions_per_user_ip` (20 by
+/// default) gets `NO [LIMIT]`, and a place frees when a session ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_office_behind_one_address_logs_everyone_in_with_the_defaults() {
+    const USERS: usize = 200;
+    const SESSIONS_EACH: usize = 10;
+    support::system::raise_nofile();
+    let dovecot = Dovecot::start_with(DovecotOptions {
+        max_sessions: Some((USERS * SESSIONS_EACH + 100) as u32),
+        login_high_performance: true,
+        ..DovecotOptions::default()
+    });
+    let options = Options {
+        trusted_networks: "[]",
+        // Cheap hashes: issuing 200 app passwords is not what this test is about.
+        auth_extra: "argon2_memory_kib = 1024\nargon2_iterations = 1",
+        ..Options::default()
+    };
+    let postern = Postern::start_with(&dovecot, options).await;
+    let mut passwords = Vec::new();
+    for user in 0..USERS {
+        dovecot.add_user(&format!("user{user}"), "direct-password");
+        let login = format!("user{user}@example.test");
+        postern.add_user(&login, &format!("user{user}")).await;
+        let (_, password) = postern.issue(&login, &[Scope::Imap], None).await;
+        passwords.push((login, password));
+    }
+
+    let log_in = |login: String, password: String| {
+        let (address, ca) = (postern.imaps, postern.ca_path.clone());
+        async move {
+            let (mut client, greeting) = ImapClient::connect_tls(address, &ca).await;
+            assert!(greeting.starts_with("* OK"), "{greeting}");
+            let reply = client
+                .command("a1", &format!("LOGIN {login} \"{password}\""))
+                .await;
+            (client, reply.last().cloned().unwrap_or_default())
+        }
+    };
+    let jobs: Vec<(String, String)> = (0..SESSIONS_EACH)
+        .flat_map(|_| passwords.iter().cloned())
+        .collect();
+    let mut sessions = Vec::new();
+    let mut pending = tokio::task::JoinSet::new();
+    for (login, password) in jobs {
+        if pending.len() >= 64 {
+            sessions.push(pending.join_next().await.unwrap().unwrap());
+        }
+        pending.spawn(log_in(login, password));
+    }
+    while let Some(done) = pending.join_next().await {
+        sessions.push(done.unwrap());
+    }
+    let refused: Vec<&String> = sessions
+        .iter()
+        .map(|(_, reply)| reply)
+        .filter(|reply| !reply.starts_with("a1 OK"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} refused: {:?}; postern warned: {:?}",
+        refused.len(),
+        &refused[..refused.len().min(5)],
+        support::postern::logged_lines("ERROR")
+            .iter()
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    let _ = std::fs::write("/tmp/dovecot-office.log", dovecot.log());
+    assert_eq!(sessions.len(), USERS * SESSIONS_EACH);
+    let metrics = postern.metrics();
+    assert_eq!(
+        metric(&metrics, "postern_sessions_active{protocol=\"imap\"}"),
+        (USERS * SESSIONS_EACH) as f64
+    );
+
+    // user0's share: ten more sessions fit (20 in all), the next one does not.
+    let (login, password) = passwords[0].clone();
+    let mut more = Vec::new();
+    for _ in SESSIONS_EACH..20 {
+        let (client, reply) = log_in(login.clone(), password.clone()).await;
+        assert!(reply.starts_with("a1 OK"), "{reply}");
+        more.push(client);
+    }
+    let (_, reply) = log_in(login.clone(), password.clone()).await;
+    assert_eq!(
+        reply,
+        "a1 NO [LIMIT] Too many sessions for this user from your address"
+    );
+    let (_other, reply) = log_in(passwords[1].0.clone(), passwords[1].1.clone()).await;
+    assert!(
+        reply.starts_with("a1 OK"),
+        "another login has its own share: {reply}"
+    );
+    let active = |postern: &Postern| {
+        metric(
+            &postern.metrics(),
+            "postern_sessions_active{protocol=\"imap\"}",
+        )
+    };
+    let before = active(&postern);
+    let mut ended = more.pop().unwrap();
+    let logout = ended.command("a2", "LOGOUT").await;
+    assert!(logout.last().unwrap().starts_with("a2 OK"), "{logout:?}");
+    drop(ended);
+    until("the logged-out session has ended", || {
+        active(&postern) == before - 1.0
+    })
+    .await;
+    let (client, reply) = log_in(login.clone(), password.clone()).await;
+    assert!(reply.starts_with("a1 OK"), "a place freed: {reply}");
+    more.push(client);
+    let metrics = postern.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "postern_auth_attempts_total{mechanism=\"login\",protocol=\"imap\",result=\"session_limit\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    drop((sessions, more));
     postern.stop().await;
 }

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use postern::auth::verifier::now;
+use postern::clock::now;
 use postern::store::Scope;
 use support::imap_client::ImapClient;
 use support::postern::{metric, Options, Postern};

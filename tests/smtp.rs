@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use postern::clock::now;
 use postern::store::Scope;
 use support::imap_client::ImapClient;
 use support::postern::{metric, Options, Postern};
@@ -354,5 +355,72 @@ async fn revocation_closes_an_smtp_session() {
         "421 4.7.0 Credential revoked, closing connection"
     );
     assert!(client.closed_within(Duration::from_secs(10)).await);
+    postern.stop().await;
+}
+
+/// An app password that expires while its SMTP session is open ends that session with a
+/// 421, as an IMAP session is closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn expiry_closes_an_smtp_session() {
+    let (_dovecot, postern, _, _) = setup(Options::default()).await;
+    let (_, expiring) = postern
+        .issue("alice@example.test", &[Scope::Smtp], Some(now() + 2))
+        .await;
+    let mut client = authenticated(&postern, &expiring).await;
+    assert_eq!(
+        client.read_reply().await,
+        "421 4.7.0 App password expired, closing connection"
+    );
+    assert!(client.closed_within(Duration::from_secs(10)).await);
+    let metrics = postern.metrics();
+    assert_eq!(
+        metric(&metrics, "postern_revoked_sessions_closed_total"),
+        1.0,
+        "{metrics}"
+    );
+    postern.stop().await;
+}
+
+/// When an SMTP session logs in upstream again (its upstream connection was dropped, here
+/// by a refused From: header inside DATA), the verifier is asked again: a credential
+/// revoked meanwhile gets no new upstream session, even before the change feed has closed
+/// the client's session.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_upstream_login_asks_the_verifier_again() {
+    let (_dovecot, postern, password, id) = setup(Options {
+        change_poll_interval: "1h",
+        ..Options::default()
+    })
+    .await;
+    let mut client = authenticated(&postern, &password).await;
+    assert!(client
+        .command("MAIL FROM:<alice@example.test>")
+        .await
+        .starts_with("250"));
+    assert!(client
+        .command("RCPT TO:<bob@example.test>")
+        .await
+        .starts_with("250"));
+    assert!(client.command("DATA").await.starts_with("354"));
+    client
+        .send(message("spoof", "ceo@example.test").as_bytes())
+        .await;
+    assert!(client.command(".").await.starts_with("553 5.7.1"));
+
+    let output = postern.cli(&["app-password", "revoke", &id.to_string()]);
+    assert!(output.status.success());
+    assert_eq!(
+        client.command("MAIL FROM:<alice@example.test>").await,
+        "451 4.4.2 Upstream connection lost, try again"
+    );
+    let metrics = postern.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "postern_upstream_logins_total{connection=\"new\",protocol=\"smtp\"}"
+        ),
+        1.0,
+        "only AUTH's own upstream login: {metrics}"
+    );
     postern.stop().await;
 }

@@ -11,8 +11,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use base64::Engine as _;
-use postern::audit::{self, AuditWriter};
-use postern::metrics::Metrics;
+use postern::ops::audit::{self, AuditWriter};
+use postern::ops::metrics::Metrics;
 use postern::store::{Scope, Store};
 use serde_json::Value;
 use sqlx::{Connection as _, Executor as _};
@@ -380,7 +380,7 @@ async fn sqlite_locked_by_another_writer() {
 
 fn event(login: &str) -> audit::Event {
     audit::Event {
-        at: postern::auth::verifier::now(),
+        at: postern::clock::now(),
         kind: "login",
         login: login.to_owned(),
         app_password_id: None,

@@ -6,17 +6,14 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use postern::auth::digest::DigestKey;
+use postern::accounts::{Accounts, IssueRequest};
 use postern::store::{Scope, Store};
 use tokio::task::JoinSet;
 
 /// Issues app passwords for users of one domain, as `postern app-password create` would.
 #[derive(Clone)]
 pub struct Issuer {
-    store: Store,
-    hasher: postern::auth::hasher::PasswordHasher,
-    key: Arc<DigestKey>,
-    max_live: u32,
+    accounts: Accounts,
     domain: &'static str,
 }
 
@@ -25,15 +22,11 @@ impl Issuer {
     /// store's lookup key.
     pub async fn new(store: &Store, config_path: &Path, domain: &'static str) -> Issuer {
         let config = postern::config::Config::load(config_path).expect("postern config");
-        let hasher = postern::server::password_hasher(&config).expect("hasher");
-        let key = DigestKey::new(store.lookup_key().await.expect("lookup key"));
-        Issuer {
-            store: store.clone(),
-            hasher,
-            key: Arc::new(key),
-            max_live: config.auth.max_app_passwords,
-            domain,
-        }
+        let hasher = postern::gateway::password_hasher(&config).expect("hasher");
+        let accounts = Accounts::new(store.clone(), hasher, config.auth.max_app_passwords)
+            .await
+            .expect("accounts");
+        Issuer { accounts, domain }
     }
 
     /// Issues one app password (imap and smtp) per job `(user, n)` to `user@domain`, four
@@ -52,21 +45,16 @@ impl Issuer {
                     };
                     let login = format!("{name}@{}", issuer.domain);
                     let label = format!("bench {i}");
-                    let issued = postern::admin::issue_app_password(
-                        &issuer.store,
-                        &issuer.hasher,
-                        &issuer.key,
-                        postern::admin::IssueRequest {
+                    let issued = issuer
+                        .accounts
+                        .issue_app_password(IssueRequest {
                             login: &login,
                             name: &label,
                             scopes: &[Scope::Imap, Scope::Smtp],
                             expires_at: None,
-                            max_live: issuer.max_live,
-                        },
-                        postern::auth::verifier::now(),
-                    )
-                    .await
-                    .expect("issue app password");
+                        })
+                        .await
+                        .expect("issue app password");
                     out.push((name, issued.password.expose().clone()));
                 }
             });

@@ -12,7 +12,6 @@
 //!   "RSS while a big message passes" measurement;
 //! - [`stats`]: latency recording (sorted samples, percentiles) and medians;
 //! - [`procfs`]: RSS/HWM/CPU of a process or a process tree, an RSS sampler;
-//! - [`system`]: the open-file limit and sysctls for thousands of sessions;
 //! - [`message`]: generated messages (bodies streamed, checksummed);
 //! - [`postern`]: the release `postern` binary as a separate process, with its config.
 //!
@@ -28,4 +27,3 @@ pub mod postern;
 pub mod procfs;
 pub mod smtp;
 pub mod stats;
-pub mod system;

@@ -1,12 +1,12 @@
-//! PROXY protocol headers through `postern::proxy::parse_header`, framed as
-//! `postern::proxy::read_header` frames them off the socket: v1 from `PROXY ` up to the
+//! PROXY protocol headers through `postern::net::proxy::parse_header`, framed as
+//! `postern::net::proxy::read_header` frames them off the socket: v1 from `PROXY ` up to the
 //! LF, at most 107 bytes and at least the 15 of the shortest header; v2 as the signature,
 //! the fixed part and the length it announces. Unframed input goes to the parser too: it
 //! must cope with anything.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use postern::proxy::{parse_header, V1_MAX_LENGTH};
+use postern::net::proxy::{parse_header, V1_MAX_LENGTH};
 
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 const SHORTEST_HEADER: usize = 15;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::verifier::Verifier;
-use crate::metrics::Metrics;
-use crate::sessions::LiveSessions;
+use crate::ops::metrics::Metrics;
+use crate::session::live::LiveSessions;
 use crate::store::{self, Change, Store, StoreError};
 
 /// Polls the change feed every `interval` until `shutdown` completes. A store outage is

@@ -5,7 +5,6 @@ pub mod changes;
 pub mod digest;
 pub mod hasher;
 pub mod password;
-pub mod penalty;
 pub mod secret;
 pub mod verifier;
 

@@ -5,18 +5,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use moka::future::Cache;
 
 use super::digest::DigestKey;
 use super::hasher::{HashError, PasswordHasher};
 use super::password;
-use super::penalty::Penalties;
 use super::Secret;
-use crate::audit::{self, AuditWriter};
-use crate::config::Protocol;
-use crate::metrics::Metrics;
+use crate::clock::now;
+use crate::limits::Penalties;
+use crate::ops::audit::{self, AuditWriter};
+use crate::ops::metrics::Metrics;
+use crate::protocol::Protocol;
 use crate::store::{Credential, Scope, Store, StoreError};
 
 /// A login that may proceed: who the user is upstream and what the app password allows.
@@ -96,12 +97,12 @@ pub struct LoginAttempt<'a> {
 }
 
 /// Settings of the verifier.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VerifierOptions {
     pub cache_ttl: Duration,
     pub cache_capacity: u64,
-    /// Clients exempt from login penalties.
-    pub trusted_networks: Vec<ipnet::IpNet>,
+    /// Where login penalties are counted.
+    pub penalties: Arc<dyn Penalties>,
 }
 
 /// Checks app passwords.
@@ -114,7 +115,7 @@ pub struct Verifier {
     cache: Cache<[u8; 32], Arc<Grant>>,
     /// A hash of a random password, verified when there is no real candidate.
     decoy_hash: String,
-    penalties: Arc<Penalties>,
+    penalties: Arc<dyn Penalties>,
     metrics: Arc<Metrics>,
     audit: AuditWriter,
 }
@@ -143,7 +144,7 @@ impl Verifier {
             cache_key: DigestKey::random(),
             cache,
             decoy_hash,
-            penalties: Arc::new(Penalties::new(options.trusted_networks)),
+            penalties: options.penalties,
             metrics,
             audit,
         })
@@ -181,7 +182,7 @@ impl Verifier {
             self.cache.invalidate(&cache_key).await;
         }
         let ip = attempt.client.ip();
-        if let Some(left) = self.penalties.blocked_for(ip, &login) {
+        if let Some(left) = self.penalties.blocked_for(ip, &login).await {
             // Answered once the penalty has run out, never by hashing: a flooder gets one
             // answer per penalty on each connection instead of one per round trip.
             tokio::time::sleep(left).await;
@@ -193,11 +194,11 @@ impl Verifier {
             .await?;
         match &verdict {
             Verdict::Granted(grant) => {
-                self.penalties.succeeded(ip, &login);
+                self.penalties.succeeded(ip, &login).await;
                 self.cache.insert(cache_key, grant.clone()).await;
             }
             Verdict::Refused(..) => {
-                let delay = self.penalties.failed(ip, &login, cache_key);
+                let delay = self.penalties.failed(ip, &login, cache_key).await;
                 tokio::time::sleep(delay).await;
             }
             Verdict::RateLimited => {}
@@ -255,6 +256,31 @@ impl Verifier {
             expires_at: app_password.expires_at,
         });
         Ok(in_scope(grant, protocol))
+    }
+
+    /// Whether `grant`, given earlier, still allows a login now: `None` when it does, else
+    /// why not. For a session that logs in upstream again later (SMTP after a lost
+    /// connection); it asks the store, not the cache, and costs no hash.
+    pub async fn still_allows(&self, grant: &Grant) -> Result<Option<Refusal>, AuthError> {
+        let at = now();
+        if grant.expires_at.is_some_and(|expires| expires <= at) {
+            return Ok(Some(Refusal::Expired));
+        }
+        let Some((app_password, login)) = self.store.app_password(grant.app_password_id).await?
+        else {
+            return Ok(Some(Refusal::UnknownUser));
+        };
+        if app_password.revoked_at.is_some() {
+            return Ok(Some(Refusal::Revoked));
+        }
+        if !app_password.is_live(at) {
+            return Ok(Some(Refusal::Expired));
+        }
+        match self.store.user(&login).await? {
+            None => Ok(Some(Refusal::UnknownUser)),
+            Some(user) if user.disabled_at.is_some() => Ok(Some(Refusal::Disabled)),
+            Some(_) => Ok(None),
+        }
     }
 
     /// For a malformed password, whether the user exists decides the label only; the
@@ -333,11 +359,4 @@ fn in_scope(grant: Arc<Grant>, protocol: Protocol) -> Verdict {
     } else {
         Verdict::Refused(Refusal::ScopeDenied, Some(grant.app_password_id))
     }
-}
-
-/// Unix seconds now.
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -70,6 +70,7 @@ const OK_STARTTLS: &str = "OK Begin TLS negotiation now";
 const NO_PRIVACY_REQUIRED: &str = "NO [PRIVACYREQUIRED] Log in after STARTTLS";
 const NO_AUTHENTICATION_FAILED: &str = "NO [AUTHENTICATIONFAILED] Authentication failed";
 const NO_UNAVAILABLE: &str = "NO [UNAVAILABLE] Service temporarily unavailable, try again later";
+const NO_LIMIT: &str = "NO [LIMIT] Too many sessions for this user from your address";
 const NO_UNSUPPORTED_MECHANISM: &str = "NO [CANNOT] Unsupported authentication mechanism";
 
 const BAD_SYNTAX: &str = "Syntax error";
@@ -320,6 +321,14 @@ impl PreAuth {
     pub fn login_unavailable(&mut self) {
         if let Some(tag) = self.take_pending_login() {
             self.send_tagged(&tag, NO_UNAVAILABLE);
+        }
+    }
+
+    /// The credentials are right but the user holds as many sessions from this address as
+    /// allowed: replies `NO [LIMIT]` (RFC 5530), not counted as a failure.
+    pub fn login_limited(&mut self) {
+        if let Some(tag) = self.take_pending_login() {
+            self.send_tagged(&tag, NO_LIMIT);
         }
     }
 

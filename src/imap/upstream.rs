@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::auth::Secret;
-use crate::config::{UpstreamAuth, UpstreamTls};
-use crate::stream::Stream;
+use crate::config::UpstreamTls;
+use crate::net::stream::Stream;
+use crate::upstream::credentials::Credentials;
 use crate::upstream::{within, Upstream, UpstreamError};
 
 /// Longest upstream response line (with literals) read during login.
@@ -46,7 +46,7 @@ pub struct LoggedIn {
 
 /// An upstream connection that is connected, upgraded to TLS where configured and
 /// greeted, with the capabilities it announced: ready for a login. Made ahead of time by
-/// the warm pool ([`crate::imap::warm`]) or on demand.
+/// the warm pool (`imap::warm`) or on demand.
 pub struct Greeted {
     conn: Conversation,
     capabilities: String,
@@ -145,10 +145,10 @@ pub async fn log_in(
     };
     let id_sent = !id.is_empty();
 
-    let password = upstream.master_password()?;
-    let reply = match upstream.auth {
-        UpstreamAuth::SaslPlainAuthzid => {
-            let response = plain_response(request.upstream_user, &upstream.master_user, &password);
+    let credentials = upstream.login.credentials(request.upstream_user)?;
+    let reply = match &credentials {
+        Credentials::Authzid { .. } => {
+            let response = credentials.plain_response();
             if has("SASL-IR") {
                 let command = Secret::new(format!(
                     "{id}p3 AUTHENTICATE PLAIN {}\r\n",
@@ -171,11 +171,10 @@ pub async fn log_in(
                 conn.read_tagged("p3", "login").await?
             }
         }
-        UpstreamAuth::MasterLogin => {
-            let name = upstream.master_login_name(request.upstream_user);
+        Credentials::MasterLogin { name, password } => {
             let command = Secret::new(format!(
                 "{id}p3 LOGIN {} {}\r\n",
-                quoted(&name),
+                quoted(name),
                 quoted(password.expose())
             ));
             conn.send(command.expose().as_bytes(), "login").await?;
@@ -219,17 +218,6 @@ pub async fn login(
     let greeted = connect(upstream).await?;
     let connect_time = greeted.connect_time;
     Ok((log_in(greeted, upstream, request).await?, connect_time))
-}
-
-/// `authzid NUL authcid NUL password`, base64: log in as the master, act as the user.
-fn plain_response(user: &str, master: &str, password: &Secret<String>) -> Secret<String> {
-    let mut message = Vec::with_capacity(user.len() + master.len() + password.expose().len() + 2);
-    message.extend_from_slice(user.as_bytes());
-    message.push(0);
-    message.extend_from_slice(master.as_bytes());
-    message.push(0);
-    message.extend_from_slice(password.expose().as_bytes());
-    Secret::new(base64::engine::general_purpose::STANDARD.encode(message))
 }
 
 /// The ID command that tells the upstream who the real client is. Dovecot honours the
@@ -553,14 +541,5 @@ mod tests {
             "p2 ID (\"x-originating-ip\" \"192.0.2.7\" \"x-originating-port\" \"50123\" \
              \"name\" \"Mac OS X Mail\" \"version\" \"16.0 \\\"quoted\\\"\")\r\n"
         );
-    }
-
-    #[test]
-    fn plain_response_puts_the_user_in_authzid() {
-        let encoded = plain_response("alice", "proxy", &Secret::new("pw".into()));
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded.expose())
-            .unwrap();
-        assert_eq!(decoded, b"alice\0proxy\0pw");
     }
 }

@@ -6,12 +6,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus::IntCounterVec;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::imap::upstream::{self, Greeted};
-use crate::server::Gateway;
 use crate::upstream::Upstream;
 
 /// The first pause after a failed connect; it doubles up to [`MAX_BACKOFF`].
@@ -79,14 +79,19 @@ impl WarmConnections {
     }
 }
 
-/// Keeps `warm_connections` of the IMAP upstream ready until `stop`: one connect at a
-/// time, replacing those taken or gone stale, pausing with a growing backoff while the
-/// upstream fails. Failures count in `postern_upstream_errors_total` like a login's.
-pub async fn keep_ready(gateway: Arc<Gateway>, stop: CancellationToken) {
-    let warm = &gateway.imap_warm;
+/// Keeps `warm_connections` of the upstream that `current` names (it changes on reload)
+/// ready in `warm` until `stop`: one connect at a time, replacing those taken or gone
+/// stale, pausing with a growing backoff while the upstream fails. Failures count in
+/// `upstream_errors` (`postern_upstream_errors_total{protocol="imap"}`) like a login's.
+pub async fn keep_ready(
+    warm: Arc<WarmConnections>,
+    current: impl Fn() -> Option<Arc<Upstream>>,
+    upstream_errors: IntCounterVec,
+    stop: CancellationToken,
+) {
     let mut backoff = MIN_BACKOFF;
     loop {
-        let upstream = gateway.imap_upstream();
+        let upstream = current();
         let wanted = upstream.as_ref().map_or(0, |u| u.warm_connections);
         let (count, stale_at) = match &upstream {
             Some(upstream) => warm.prune(upstream),
@@ -103,9 +108,7 @@ pub async fn keep_ready(gateway: Arc<Gateway>, stop: CancellationToken) {
                     backoff = MIN_BACKOFF;
                 }
                 Err(error) => {
-                    gateway
-                        .metrics
-                        .upstream_errors
+                    upstream_errors
                         .with_label_values(&["imap", error.reason()])
                         .inc();
                     tracing::debug!(%error, retry_in = ?backoff, "could not make a warm upstream connection");

@@ -46,6 +46,7 @@ use std::fmt;
 
 use smtp_proto::{Error as ParseError, MailFrom, RcptTo, Request, AUTH_LOGIN, AUTH_PLAIN};
 
+use super::data::{scan, Scan, ScanStop};
 use crate::auth::Secret;
 use crate::sasl::{self, SaslError};
 
@@ -352,33 +353,6 @@ enum Pending {
     Data,
     Reset,
     MessageEnd,
-}
-
-/// Where the message scanner stands; see [`scan`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scan {
-    /// At the start of a line, nothing held back.
-    LineStart,
-    /// Inside a line, nothing held back.
-    InLine,
-    /// A CR is held back until the next byte says whether it is CRLF or a bare CR; `empty`
-    /// if the line it ends is empty.
-    Cr { empty: bool },
-    /// A `.` at the start of a line is held back: the terminator, or a dot-stuffed line.
-    Dot,
-    /// `.` and CR are held back.
-    DotCr,
-}
-
-/// Why [`scan`] stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ScanStop {
-    /// All input consumed.
-    NeedMore,
-    /// An empty line was completed (only when asked to stop there).
-    EmptyLine,
-    /// The terminating `.` line was consumed; the rest of the input is commands.
-    End,
 }
 
 /// Which limit a message broke.
@@ -1159,94 +1133,6 @@ impl Conversation {
 
 /// A command line longer than `max_line`.
 struct LineTooLong;
-
-/// Reads message data from `input`, appending it to `out` with line endings normalized to
-/// CRLF and the terminating `.` line left out. Returns how many bytes were consumed and why
-/// it stopped; with `stop_at_empty_line` it also stops after an empty line (the end of the
-/// header block), which is included in `out`.
-///
-/// Held-back bytes (a CR whose LF may follow, a `.` at the start of a line) live in `state`,
-/// so input may be split anywhere.
-fn scan(
-    state: &mut Scan,
-    input: &[u8],
-    out: &mut Vec<u8>,
-    stop_at_empty_line: bool,
-) -> (usize, ScanStop) {
-    let mut at = 0;
-    while at < input.len() {
-        match *state {
-            Scan::InLine => {
-                let rest = &input[at..];
-                // memchr2 is vectorised: the body of a message is mostly this loop.
-                let run = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
-                out.extend_from_slice(&rest[..run]);
-                at += run;
-                match input.get(at) {
-                    Some(b'\r') => *state = Scan::Cr { empty: false },
-                    Some(_) => {
-                        out.extend_from_slice(CRLF);
-                        *state = Scan::LineStart;
-                    }
-                    None => break,
-                }
-                at += 1;
-            }
-            Scan::LineStart => {
-                let byte = input[at];
-                at += 1;
-                match byte {
-                    b'.' => *state = Scan::Dot,
-                    b'\r' => *state = Scan::Cr { empty: true },
-                    b'\n' => {
-                        out.extend_from_slice(CRLF);
-                        if stop_at_empty_line {
-                            return (at, ScanStop::EmptyLine);
-                        }
-                    }
-                    _ => {
-                        out.push(byte);
-                        *state = Scan::InLine;
-                    }
-                }
-            }
-            Scan::Cr { empty } => {
-                // CRLF, or a bare CR ending the line: the byte after it is not consumed.
-                if input[at] == b'\n' {
-                    at += 1;
-                }
-                out.extend_from_slice(CRLF);
-                *state = Scan::LineStart;
-                if empty && stop_at_empty_line {
-                    return (at, ScanStop::EmptyLine);
-                }
-            }
-            Scan::Dot => match input[at] {
-                b'\r' => {
-                    at += 1;
-                    *state = Scan::DotCr;
-                }
-                b'\n' => {
-                    *state = Scan::LineStart;
-                    return (at + 1, ScanStop::End);
-                }
-                _ => {
-                    // A dot-stuffed (or merely dotted) line: the dot is data.
-                    out.push(b'.');
-                    *state = Scan::InLine;
-                }
-            },
-            Scan::DotCr => {
-                if input[at] == b'\n' {
-                    at += 1;
-                }
-                *state = Scan::LineStart;
-                return (at, ScanStop::End);
-            }
-        }
-    }
-    (at, ScanStop::NeedMore)
-}
 
 /// The reply code of a reply (its first three digits), if it has one.
 fn reply_code(reply: &[u8]) -> Option<u16> {

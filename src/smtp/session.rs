@@ -1,27 +1,21 @@
-//! One SMTP submission connection, from accept to close: TLS, the client conversation
-//! ([`super::conversation`]) driven over the socket, AUTH verified with the app password,
-//! the upstream login, then each transaction relayed command by command with the sender
-//! policy and quotas enforced and the message streamed. The only place in the SMTP flow
-//! that touches the client's socket.
+//! SMTP submission on the session driver: the conversation ([`super::conversation`]) as a
+//! [`Machine`], the upstream login, and each transaction after AUTH relayed command by
+//! command, with the sender policy and quotas enforced and the message streamed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::Instant;
-use tracing::Instrument;
+use std::time::Duration;
 
 use super::conversation::{Action, Conversation, ConversationOptions};
 use super::policy::{self, HeaderFacts};
 use super::upstream::{self as smtp_upstream, LoginRequest, SmtpUpstream};
-use crate::audit;
-use crate::auth::verifier::now;
-use crate::auth::{Grant, LoginAttempt, Verdict};
-use crate::config::{ListenerConfig, ListenerTls, Protocol};
-use crate::server::Gateway;
-use crate::sessions::LiveSession;
-use crate::stream::Stream;
+use crate::auth::Grant;
+use crate::clock::now;
+use crate::gateway::Gateway;
+use crate::ops::audit;
+use crate::protocol::Protocol;
+use crate::session::login::{self, UpstreamSession};
+use crate::session::{AfterLogin, ClientLogin, Machine, ProtocolSession, Replies, Step};
 use crate::upstream::UpstreamError;
 
 const SENDER_REFUSED: &[u8] = b"553 5.7.1 Sender address not allowed for this user\r\n";
@@ -30,69 +24,64 @@ const HEADER_SENDER_REFUSED: &[u8] =
 const MESSAGE_QUOTA: &[u8] = b"451 4.7.1 Message quota exceeded, try again later\r\n";
 const RECIPIENT_QUOTA: &[u8] = b"451 4.7.1 Recipient quota exceeded, try again later\r\n";
 const UPSTREAM_LOST: &[u8] = b"451 4.4.2 Upstream connection lost, try again\r\n";
-const REVOKED: &[u8] = b"421 4.7.0 Credential revoked, closing connection\r\n";
-const SHUTTING_DOWN: &[u8] = b"421 4.3.2 Service shutting down\r\n";
-const TOO_MANY_CONNECTIONS: &[u8] = b"421 4.7.0 Too many connections from your address\r\n";
-const IDLE: &[u8] = b"421 4.4.2 Idle for too long, closing connection\r\n";
 
 /// How long the upstream may take to answer the final dot: it may scan or relay the
 /// message first (RFC 5321 §4.5.3.2.6 gives it 10 minutes).
-const FINAL_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+const FINAL_REPLY_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Invalid commands tolerated on one connection.
 const MAX_BAD_COMMANDS: u32 = 20;
 
-/// How a connection ended, for its one log line.
-#[derive(Debug)]
-enum Outcome {
-    Closed,
-    Dropped(&'static str),
-    ClientError(std::io::Error),
-}
+impl Machine for Conversation {
+    type Step = Action;
 
-/// Serves one client connection to completion; logs the outcome.
-pub async fn serve(
-    gateway: Arc<Gateway>,
-    listener: Arc<ListenerConfig>,
-    tcp: TcpStream,
-    client: SocketAddr,
-) {
-    let started = Instant::now();
-    let _ = tcp.set_nodelay(true);
-    let span = tracing::info_span!("smtp", listener = %listener.name, client = %client);
-    let mut session = Session {
-        gateway: &gateway,
-        client,
-        grant: None,
-        live: None,
-        upstream: None,
-        message: None,
-        messages: 0,
-    };
-    let outcome = session.run(&listener, tcp).instrument(span.clone()).await;
-    if let Some(upstream) = session.upstream.take() {
-        upstream.quit().await;
+    fn greeting(&self) -> Vec<u8> {
+        Conversation::greeting(self)
     }
-    if session.live.is_some() {
-        gateway
-            .metrics
-            .sessions_active
-            .with_label_values(&["smtp"])
-            .dec();
+
+    fn feed(&mut self, bytes: &[u8]) {
+        Conversation::feed(self, bytes)
     }
-    let _enter = span.enter();
-    let duration_ms = started.elapsed().as_millis() as u64;
-    let login = session.grant.as_ref().map(|g| g.login.clone());
-    match outcome {
-        Outcome::Closed => {
-            tracing::info!(duration_ms, login = ?login, messages = session.messages, "connection closed")
+
+    fn next_step(&mut self) -> Option<Step<Action>> {
+        loop {
+            return Some(match self.next_action()? {
+                Action::Send(bytes) => Step::Send(bytes),
+                Action::StartTls => Step::StartTls,
+                Action::Close => Step::Close,
+                Action::Quit => continue, // the 221 is queued; Close follows
+                Action::Authenticate {
+                    mechanism,
+                    login,
+                    password,
+                } => Step::LogIn(ClientLogin {
+                    mechanism: mechanism.as_str(),
+                    login,
+                    password,
+                }),
+                transaction => Step::Protocol(transaction),
+            });
         }
-        Outcome::Dropped(why) => {
-            tracing::info!(duration_ms, login = ?login, reason = why, "connection dropped")
-        }
-        Outcome::ClientError(error) => {
-            tracing::debug!(duration_ms, %error, "client connection failed")
-        }
+    }
+
+    fn tls_established(&mut self) {
+        Conversation::tls_established(self)
+    }
+
+    fn login_refused(&mut self) {
+        self.auth_refused()
+    }
+
+    fn login_unavailable(&mut self) {
+        self.auth_unavailable()
+    }
+
+    fn between_commands(&self) -> bool {
+        Conversation::between_commands(self)
+    }
+
+    fn client_id(&self) -> Option<String> {
+        self.helo().map(str::to_owned)
     }
 }
 
@@ -105,40 +94,45 @@ struct Message {
     facts: HeaderFacts,
 }
 
-struct Session<'g> {
-    gateway: &'g Gateway,
+/// An SMTP connection: after AUTH, its upstream session and the transaction in progress.
+pub struct SmtpSession {
+    gateway: Arc<Gateway>,
     client: SocketAddr,
     grant: Option<Arc<Grant>>,
-    live: Option<LiveSession>,
     upstream: Option<SmtpUpstream>,
     message: Option<Message>,
-    messages: u32,
 }
 
-impl Session<'_> {
-    async fn run(&mut self, listener: &ListenerConfig, tcp: TcpStream) -> Outcome {
-        let gateway = self.gateway;
-        let mut stream = match listener.tls {
-            ListenerTls::Implicit => match gateway.accept_tls(tcp).await {
-                Ok(stream) => stream,
-                Err(why) => return Outcome::Dropped(why),
-            },
-            ListenerTls::Starttls => Stream::Plain(tcp),
-        };
-        let listener_name: Arc<str> = listener.name.as_str().into();
-        let Some(_admitted) = gateway
-            .connection_caps
-            .admit(&listener_name, self.client.ip())
-        else {
-            let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
-            let _ = stream.shutdown().await;
-            return Outcome::Dropped("too many connections from the address");
-        };
+impl ProtocolSession for SmtpSession {
+    const PROTOCOL: Protocol = Protocol::Smtp;
+    const REPLIES: Replies = Replies {
+        too_many_connections: b"421 4.7.0 Too many connections from your address\r\n",
+        idle: b"421 4.4.2 Idle for too long, closing connection\r\n",
+        shutting_down: b"421 4.3.2 Service shutting down\r\n",
+        revoked: b"421 4.7.0 Credential revoked, closing connection\r\n",
+        expired: b"421 4.7.0 App password expired, closing connection\r\n",
+    };
+    const READ_BUFFER: usize = 16 * 1024;
+    type Machine = Conversation;
+    type Upstream = SmtpUpstream;
+
+    fn new(gateway: &Arc<Gateway>, client: SocketAddr) -> Self {
+        Self {
+            gateway: gateway.clone(),
+            client,
+            grant: None,
+            upstream: None,
+            message: None,
+        }
+    }
+
+    async fn machine(&self, tls_active: bool, starttls_available: bool) -> Conversation {
+        let gateway = &self.gateway;
         let capabilities = gateway.smtp_capabilities().await;
         let config = &gateway.smtp;
-        let mut conversation = Conversation::new(ConversationOptions {
-            tls_active: stream.is_tls(),
-            starttls_available: listener.tls == ListenerTls::Starttls,
+        Conversation::new(ConversationOptions {
+            tls_active,
+            starttls_available,
             hostname: config.hostname.clone(),
             max_line: gateway.limits.max_line,
             max_failures: gateway.limits.max_failed_logins,
@@ -151,210 +145,101 @@ impl Session<'_> {
                 .unwrap_or(config.max_message_size),
             smtputf8: capabilities.smtputf8,
             dsn: capabilities.dsn,
-        });
-        let mut output = conversation.greeting();
-        let mut buffer = vec![0u8; 16 * 1024];
-        let login_deadline = Instant::now() + gateway.limits.login_deadline;
+        })
+    }
 
-        loop {
-            while let Some(action) = conversation.next_action() {
-                match action {
-                    Action::Send(bytes) => output.extend_from_slice(&bytes),
-                    Action::Close => {
-                        let _ = stream.send_queued(&mut output).await;
-                        let _ = stream.shutdown().await;
-                        return Outcome::Closed;
-                    }
-                    Action::Quit => {}
-                    Action::StartTls => {
-                        if let Err(error) = stream.send_queued(&mut output).await {
-                            return Outcome::ClientError(error);
-                        }
-                        let Ok(tcp) = stream.into_plain() else {
-                            return Outcome::Dropped("STARTTLS inside TLS");
-                        };
-                        stream = match gateway.accept_tls(tcp).await {
-                            Ok(stream) => stream,
-                            Err(why) => return Outcome::Dropped(why),
-                        };
-                        conversation.tls_established();
-                    }
-                    Action::Authenticate {
-                        mechanism,
-                        login,
-                        password,
-                    } => {
-                        if let Err(error) = stream.send_queued(&mut output).await {
-                            return Outcome::ClientError(error);
-                        }
-                        let attempt = LoginAttempt {
-                            protocol: Protocol::Smtp,
-                            mechanism: mechanism.as_str(),
-                            login: &login,
-                            password: &password,
-                            client: self.client,
-                            client_id: conversation.helo(),
-                            started: Instant::now(),
-                        };
-                        match self.authenticate(&attempt, conversation.helo()).await {
-                            AuthOutcome::Granted => {
-                                if let Some(upstream) = &self.upstream {
-                                    let size = upstream.capabilities().size.unwrap_or(0);
-                                    conversation.limit_message_size(size);
-                                }
-                                conversation.auth_granted();
-                            }
-                            AuthOutcome::Refused => conversation.auth_refused(),
-                            AuthOutcome::Unavailable => conversation.auth_unavailable(),
-                        }
-                    }
-                    Action::MailFrom { address, line } => {
-                        let reply = self.mail_from(address, &line, conversation.helo()).await;
-                        conversation.reply(reply);
-                    }
-                    Action::RcptTo { address: _, line } => {
-                        let reply = self.rcpt_to(&line, conversation.recipients()).await;
-                        conversation.reply(reply);
-                    }
-                    Action::Data => {
-                        self.open_data().await;
-                        conversation.data_accepted();
-                    }
-                    Action::MessageHeader(header) => match self.start_message(&header).await {
-                        Ok(()) => conversation.accept_message(),
-                        Err(reply) => conversation.reject_message(reply),
-                    },
-                    Action::MessageBody(bytes) => {
-                        if let Some(message) = &mut self.message {
-                            message.size += bytes.len() as u64;
-                        }
-                        self.send_body(&bytes).await;
-                    }
-                    Action::MessageEnd => {
-                        let reply = self.end_message().await;
-                        conversation.reply(reply);
-                    }
-                    Action::MessageTooLarge => {
-                        // Part of it may be upstream: drop that connection without the
-                        // final dot, so the upstream discards it. The next MAIL logs in anew.
-                        self.upstream = None;
-                        self.finish_message("too_large", None);
-                    }
-                    Action::Reset => {
-                        let reply = self.reset().await;
-                        conversation.reply(reply);
-                    }
-                }
-            }
-            self.flush_upstream().await;
-            if let Err(error) = stream.send_queued(&mut output).await {
-                return Outcome::ClientError(error);
-            }
+    async fn log_in_upstream(
+        &self,
+        grant: &Grant,
+        machine: &Conversation,
+    ) -> Result<UpstreamSession<SmtpUpstream>, UpstreamError> {
+        self.login_upstream(grant, machine.helo()).await
+    }
 
-            let idle = if self.grant.is_some() {
-                self.gateway.smtp.idle_timeout
-            } else {
-                gateway
-                    .limits
-                    .preauth_idle_timeout
-                    .min(login_deadline.saturating_duration_since(Instant::now()))
-            };
-            // Draining: goodbye between commands; a message in flight is finished first,
-            // unless the grace runs out.
-            let goodbye_now = conversation.between_commands();
-            let read = tokio::select! {
-                () = gateway.drain.cancelled(), if goodbye_now => {
-                    let _ = stream.write_all(SHUTTING_DOWN).await;
-                    let _ = stream.shutdown().await;
-                    return Outcome::Dropped("shutdown");
-                }
-                () = gateway.shutdown.cancelled() => {
-                    let _ = stream.write_all(SHUTTING_DOWN).await;
-                    return Outcome::Dropped("shutdown grace over");
-                }
-                () = revoked(&self.live) => {
-                    let _ = stream.write_all(REVOKED).await;
-                    let _ = stream.shutdown().await;
-                    return Outcome::Dropped("credential revoked");
-                }
-                read = tokio::time::timeout(idle, stream.read(&mut buffer)) => read,
-            };
-            match read {
-                Err(_) => {
-                    let _ = stream.write_all(IDLE).await;
-                    let _ = stream.shutdown().await;
-                    return Outcome::Dropped("idle timeout");
-                }
-                Ok(Ok(0)) => return Outcome::Closed,
-                Ok(Ok(n)) => conversation.feed(&buffer[..n]),
-                Ok(Err(error)) => return Outcome::ClientError(error),
+    fn logged_in(
+        &mut self,
+        mut machine: Conversation,
+        upstream: SmtpUpstream,
+        grant: &Arc<Grant>,
+        _output: &mut Vec<u8>,
+    ) -> AfterLogin<Conversation> {
+        machine.limit_message_size(upstream.capabilities().size.unwrap_or(0));
+        machine.auth_granted();
+        self.upstream = Some(upstream);
+        self.grant = Some(grant.clone());
+        AfterLogin::Converse(machine)
+    }
+
+    async fn handle(&mut self, step: Action, conversation: &mut Conversation) {
+        match step {
+            Action::MailFrom { address, line } => {
+                let reply = self.mail_from(address, &line, conversation.helo()).await;
+                conversation.reply(reply);
             }
+            Action::RcptTo { address: _, line } => {
+                let reply = self.rcpt_to(&line, conversation.recipients()).await;
+                conversation.reply(reply);
+            }
+            Action::Data => {
+                self.open_data().await;
+                conversation.data_accepted();
+            }
+            Action::MessageHeader(header) => match self.start_message(&header).await {
+                Ok(()) => conversation.accept_message(),
+                Err(reply) => conversation.reject_message(reply),
+            },
+            Action::MessageBody(bytes) => {
+                if let Some(message) = &mut self.message {
+                    message.size += bytes.len() as u64;
+                }
+                self.send_body(&bytes).await;
+            }
+            Action::MessageEnd => {
+                let reply = self.end_message().await;
+                conversation.reply(reply);
+            }
+            Action::MessageTooLarge => {
+                // Part of it may be upstream: drop that connection without the final dot,
+                // so the upstream discards it. The next MAIL logs in anew.
+                self.upstream = None;
+                self.finish_message("too_large", None).await;
+            }
+            Action::Reset => {
+                let reply = self.reset().await;
+                conversation.reply(reply);
+            }
+            // The driver's steps never come here.
+            Action::Send(_)
+            | Action::StartTls
+            | Action::Close
+            | Action::Quit
+            | Action::Authenticate { .. } => {}
         }
     }
 
-    async fn authenticate(
-        &mut self,
-        attempt: &LoginAttempt<'_>,
-        helo: Option<&str>,
-    ) -> AuthOutcome {
-        let gateway = self.gateway;
-        let outcome = match gateway.verifier.verify(attempt).await {
-            Ok(Verdict::Granted(grant)) => match self.login_upstream(&grant, helo).await {
-                Ok(upstream) => {
-                    gateway
-                        .verifier
-                        .record(attempt, "ok", Some(grant.app_password_id));
-                    self.upstream = Some(upstream);
-                    self.live = Some(
-                        gateway
-                            .sessions
-                            .register(grant.user_id, grant.app_password_id),
-                    );
-                    gateway
-                        .metrics
-                        .sessions_active
-                        .with_label_values(&["smtp"])
-                        .inc();
-                    self.grant = Some(grant);
-                    AuthOutcome::Granted
-                }
-                Err(error) => {
-                    let result = match error {
-                        UpstreamError::Refused => "upstream_refused",
-                        _ => "upstream_unavailable",
-                    };
-                    tracing::error!(%error, login = ?attempt.login, "upstream login failed");
-                    gateway
-                        .verifier
-                        .record(attempt, result, Some(grant.app_password_id));
-                    AuthOutcome::Unavailable
-                }
-            },
-            Ok(Verdict::RateLimited) => {
-                gateway.verifier.record(attempt, "rate_limited", None);
-                AuthOutcome::Unavailable
-            }
-            Ok(Verdict::Refused(refusal, app_password_id)) => {
-                gateway
-                    .verifier
-                    .record(attempt, refusal.as_str(), app_password_id);
-                AuthOutcome::Refused
-            }
-            Err(error) => {
-                tracing::warn!(%error, "login could not be verified");
-                gateway.verifier.record(attempt, "temporary_failure", None);
-                AuthOutcome::Unavailable
-            }
-        };
-        outcome
+    async fn before_read(&mut self) {
+        self.flush_upstream().await;
     }
 
+    fn idle_timeout(&self) -> Duration {
+        self.gateway.smtp.idle_timeout
+    }
+
+    async fn finish(mut self) {
+        if let Some(upstream) = self.upstream.take() {
+            upstream.quit().await;
+        }
+    }
+}
+
+impl SmtpSession {
+    /// Logs in upstream as `grant`'s user, passing the client's address and EHLO name.
     async fn login_upstream(
         &self,
         grant: &Grant,
         helo: Option<&str>,
-    ) -> Result<SmtpUpstream, UpstreamError> {
-        let gateway = self.gateway;
+    ) -> Result<UpstreamSession<SmtpUpstream>, UpstreamError> {
+        let gateway = &self.gateway;
         let Some(upstream) = gateway.smtp_upstream() else {
             return Err(UpstreamError::Unsupported(
                 "SMTP (no [upstream.smtp] configured)",
@@ -366,42 +251,22 @@ impl Session<'_> {
             client_helo: helo,
             login: &grant.login,
         };
-        match smtp_upstream::login(&upstream, &gateway.smtp.hostname, &request).await {
-            Ok((logged_in, connect_time)) => {
-                gateway
-                    .metrics
-                    .upstream_connect_seconds
-                    .with_label_values(&["smtp"])
-                    .observe(connect_time.as_secs_f64());
-                gateway
-                    .metrics
-                    .upstream_logins
-                    .with_label_values(&["smtp", "new"])
-                    .inc();
-                Ok(logged_in)
-            }
-            Err(error) => {
-                gateway
-                    .metrics
-                    .upstream_errors
-                    .with_label_values(&["smtp", error.reason()])
-                    .inc();
-                Err(error)
-            }
-        }
+        let (session, connect_time) =
+            smtp_upstream::login(&upstream, &gateway.smtp.hostname, &request).await?;
+        Ok(UpstreamSession {
+            session,
+            connect_time,
+            warm: false,
+        })
     }
 
-    /// The upstream session, logging in again if a previous one was dropped.
+    /// The upstream session, logging in again, if the verifier still allows it, when a
+    /// previous one was dropped.
     async fn upstream(&mut self, helo: Option<&str>) -> Option<&mut SmtpUpstream> {
         if self.upstream.is_none() {
             let grant = self.grant.clone()?;
-            match self.login_upstream(&grant, helo).await {
-                Ok(upstream) => self.upstream = Some(upstream),
-                Err(error) => {
-                    tracing::warn!(%error, "upstream login for a new transaction failed");
-                    return None;
-                }
-            }
+            let login = self.login_upstream(&grant, helo);
+            self.upstream = login::log_in_again(&self.gateway, "smtp", &grant, login).await;
         }
         self.upstream.as_mut()
     }
@@ -430,7 +295,12 @@ impl Session<'_> {
             tracing::info!(login = ?grant.login, sender = ?address, "envelope sender refused");
             return SENDER_REFUSED.to_vec();
         }
-        if !self.gateway.quotas.may_send_message(grant.app_password_id) {
+        if !self
+            .gateway
+            .quotas
+            .may_send_message(grant.app_password_id)
+            .await
+        {
             self.count_message("quota_exceeded");
             return MESSAGE_QUOTA.to_vec();
         }
@@ -452,6 +322,7 @@ impl Session<'_> {
             .gateway
             .quotas
             .may_add_recipients(grant.app_password_id, accepted_so_far + 1)
+            .await
         {
             self.count_message("quota_exceeded");
             return RECIPIENT_QUOTA.to_vec();
@@ -499,11 +370,11 @@ impl Session<'_> {
             // The upstream is inside DATA: closing it without the final dot discards the
             // message, and the next MAIL logs in anew.
             self.upstream = None;
-            self.finish_message("sender_refused", None);
+            self.finish_message("sender_refused", None).await;
             return Err(HEADER_SENDER_REFUSED.to_vec());
         }
         let Some(upstream) = self.upstream.as_mut() else {
-            self.finish_message("upstream_failed", None);
+            self.finish_message("upstream_failed", None).await;
             return Err(UPSTREAM_LOST.to_vec());
         };
         let reply = match upstream.read_reply().await {
@@ -511,12 +382,12 @@ impl Session<'_> {
             Err(error) => {
                 tracing::warn!(%error, "upstream failed at DATA");
                 self.upstream = None;
-                self.finish_message("upstream_failed", None);
+                self.finish_message("upstream_failed", None).await;
                 return Err(UPSTREAM_LOST.to_vec());
             }
         };
         if !reply.is_intermediate() {
-            self.finish_message("rejected", Some(reply.code));
+            self.finish_message("rejected", Some(reply.code)).await;
             return Err(reply.raw);
         }
         if let Err(error) = upstream.send(header).await {
@@ -550,7 +421,7 @@ impl Session<'_> {
     /// The final dot upstream; the client's reply is the upstream's, or 451 if it is gone.
     async fn end_message(&mut self) -> Vec<u8> {
         let Some(upstream) = self.upstream.as_mut() else {
-            self.finish_message("upstream_failed", None);
+            self.finish_message("upstream_failed", None).await;
             return UPSTREAM_LOST.to_vec();
         };
         let reply = match upstream.send(b".\r\n").await {
@@ -564,13 +435,13 @@ impl Session<'_> {
                 } else {
                     "rejected"
                 };
-                self.finish_message(result, Some(reply.code));
+                self.finish_message(result, Some(reply.code)).await;
                 reply.raw
             }
             Err(error) => {
                 tracing::warn!(%error, "upstream failed after the message");
                 self.upstream = None;
-                self.finish_message("upstream_failed", None);
+                self.finish_message("upstream_failed", None).await;
                 UPSTREAM_LOST.to_vec()
             }
         }
@@ -593,7 +464,7 @@ impl Session<'_> {
     }
 
     /// Counts, audits and (when accepted) charges the quota for the message just ended.
-    fn finish_message(&mut self, result: &'static str, upstream_code: Option<u16>) {
+    async fn finish_message(&mut self, result: &'static str, upstream_code: Option<u16>) {
         self.count_message(result);
         let Some(message) = self.message.take() else {
             return;
@@ -602,10 +473,10 @@ impl Session<'_> {
             return;
         };
         if result == "accepted" {
-            self.messages += 1;
             self.gateway
                 .quotas
-                .record(grant.app_password_id, message.recipients);
+                .record(grant.app_password_id, message.recipients)
+                .await;
         }
         tracing::info!(
             login = ?grant.login,
@@ -637,18 +508,5 @@ impl Session<'_> {
             result: Some(result),
             detail: Some(detail),
         });
-    }
-}
-
-enum AuthOutcome {
-    Granted,
-    Refused,
-    Unavailable,
-}
-
-async fn revoked(live: &Option<LiveSession>) {
-    match live {
-        Some(live) => live.revoked().await,
-        None => std::future::pending().await,
     }
 }

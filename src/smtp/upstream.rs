@@ -11,8 +11,9 @@ use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::auth::Secret;
-use crate::config::{UpstreamAuth, UpstreamTls};
-use crate::stream::Stream;
+use crate::config::UpstreamTls;
+use crate::net::stream::Stream;
+use crate::upstream::credentials::Credentials;
 use crate::upstream::{within, Upstream, UpstreamError};
 
 /// Most bytes in one reply, every line with its CRLF. An EHLO reply is well under 1 KiB.
@@ -265,25 +266,17 @@ async fn authenticate(
     if conn.capabilities.auth.is_empty() {
         return Err(UpstreamError::Unsupported("AUTH"));
     }
-    let password = upstream.master_password()?;
-    let reply = match upstream.auth {
-        UpstreamAuth::SaslPlainAuthzid => {
-            if !conn.capabilities.offers_auth("PLAIN") {
-                return Err(UpstreamError::Unsupported("AUTH PLAIN"));
-            }
-            let response = plain_response(user, &upstream.master_user, &password);
-            auth_plain(conn, &response).await?
+    let credentials = upstream.login.credentials(user)?;
+    let offers_plain = conn.capabilities.offers_auth("PLAIN");
+    let reply = match &credentials {
+        _ if offers_plain => auth_plain(conn, &credentials.plain_response()).await?,
+        Credentials::MasterLogin { name, password } if conn.capabilities.offers_auth("LOGIN") => {
+            auth_login(conn, name, password).await?
         }
-        UpstreamAuth::MasterLogin => {
-            let name = upstream.master_login_name(user);
-            if conn.capabilities.offers_auth("PLAIN") {
-                auth_plain(conn, &plain_response("", &name, &password)).await?
-            } else if conn.capabilities.offers_auth("LOGIN") {
-                auth_login(conn, &name, &password).await?
-            } else {
-                return Err(UpstreamError::Unsupported("AUTH PLAIN or LOGIN"));
-            }
+        Credentials::MasterLogin { .. } => {
+            return Err(UpstreamError::Unsupported("AUTH PLAIN or LOGIN"))
         }
+        Credentials::Authzid { .. } => return Err(UpstreamError::Unsupported("AUTH PLAIN")),
     };
     auth_outcome(&reply)
 }
@@ -345,18 +338,6 @@ fn auth_outcome(reply: &Reply) -> Result<(), UpstreamError> {
             code,
         }),
     }
-}
-
-/// `authzid NUL authcid NUL password`, base64. An empty authzid means "as authcid".
-fn plain_response(authzid: &str, authcid: &str, password: &Secret<String>) -> Secret<String> {
-    let mut message =
-        Vec::with_capacity(authzid.len() + authcid.len() + password.expose().len() + 2);
-    message.extend_from_slice(authzid.as_bytes());
-    message.push(0);
-    message.extend_from_slice(authcid.as_bytes());
-    message.push(0);
-    message.extend_from_slice(password.expose().as_bytes());
-    Secret::new(base64::engine::general_purpose::STANDARD.encode(message))
 }
 
 /// `XCLIENT ADDR=… PORT=… HELO=…` with those of the attributes the upstream listed,
@@ -975,23 +956,6 @@ mod tests {
         ] {
             assert!(!is_ehlo_argument(bad), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn plain_responses_for_both_login_styles() {
-        let base64 = &base64::engine::general_purpose::STANDARD;
-        let password = Secret::new("pw".to_string());
-        let authzid = plain_response("alice", "proxy", &password);
-        assert_eq!(
-            base64.decode(authzid.expose()).unwrap(),
-            b"alice\0proxy\0pw"
-        );
-        let master = plain_response("", "alice*proxy", &password);
-        assert_eq!(
-            base64.decode(master.expose()).unwrap(),
-            b"\0alice*proxy\0pw"
-        );
-        assert_eq!(format!("{master:?}"), "[redacted]");
     }
 
     #[test]

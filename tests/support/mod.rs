@@ -19,6 +19,7 @@ pub mod postern;
 pub mod postgres;
 pub mod smtp_client;
 pub mod smtp_relay;
+pub mod system;
 
 pub use certs::TestCa;
 pub use dovecot::Dovecot;

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use postern::admin::{self, IssueRequest};
-use postern::auth::digest::DigestKey;
-use postern::auth::verifier::now;
+use postern::accounts::{Accounts, IssueRequest};
+use postern::clock::now;
 use postern::config::{Config, ListenerConfig};
-use postern::server::{self, Gateway};
+use postern::gateway::{self, Gateway};
+use postern::server;
 use postern::store::{NewUser, Scope, Store};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -73,6 +73,16 @@ pub fn remember_secrets(secrets: impl IntoIterator<Item = String>) {
     }
 }
 
+/// The lines logged so far that contain `needle`, for a failing test's message.
+pub fn logged_lines(needle: &str) -> Vec<String> {
+    let log = CAPTURED.lock().unwrap_or_else(|p| p.into_inner());
+    String::from_utf8_lossy(&log)
+        .lines()
+        .filter(|line| line.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Panics if any remembered credential appears in anything logged so far.
 pub fn assert_no_secret_logged() {
     let log = CAPTURED.lock().unwrap_or_else(|p| p.into_inner());
@@ -104,6 +114,8 @@ pub struct Options {
     pub proxy_sources: &'static str,
     /// `max_connections` of every listener.
     pub max_connections: usize,
+    /// `[auth] change_poll_interval`: how soon revocations made elsewhere reach sessions.
+    pub change_poll_interval: &'static str,
     /// More lines for the `[auth]` table.
     pub auth_extra: &'static str,
     /// More lines for the `[network]` table.
@@ -126,6 +138,7 @@ impl Default for Options {
             trusted_networks: r#"["127.0.0.0/8", "::1/128"]"#,
             proxy_sources: r#"["127.0.0.0/8", "::1/128"]"#,
             max_connections: 10_000,
+            change_poll_interval: "100ms",
             auth_extra: "",
             network_extra: "",
             extra_config: String::new(),
@@ -254,7 +267,7 @@ master_password_file = "{master_password_file}"
 bind = "127.0.0.1:0"
 
 [auth]
-change_poll_interval = "100ms"
+change_poll_interval = "{change_poll_interval}"
 {auth_extra}
 
 [network]
@@ -274,6 +287,7 @@ proxy_sources = {proxy_sources}
             trusted_networks = options.trusted_networks,
             proxy_sources = options.proxy_sources,
             max_connections = options.max_connections,
+            change_poll_interval = options.change_poll_interval,
             auth_extra = options.auth_extra,
             network_extra = options.network_extra,
             extra = options.extra_config,
@@ -349,23 +363,19 @@ proxy_sources = {proxy_sources}
         scopes: &[Scope],
         expires_at: Option<i64>,
     ) -> (i64, String) {
-        let lookup_key = DigestKey::new(self.store.lookup_key().await.expect("lookup key"));
-        let hasher = server::password_hasher(&self.config).expect("hasher");
-        let issued = admin::issue_app_password(
-            &self.store,
-            &hasher,
-            &lookup_key,
-            IssueRequest {
+        let hasher = gateway::password_hasher(&self.config).expect("hasher");
+        let accounts = Accounts::new(self.store.clone(), hasher, 40)
+            .await
+            .expect("accounts");
+        let issued = accounts
+            .issue_app_password(IssueRequest {
                 login,
                 name: "test device",
                 scopes,
                 expires_at,
-                max_live: 40,
-            },
-            now(),
-        )
-        .await
-        .expect("issue app password");
+            })
+            .await
+            .expect("issue app password");
         remember_secrets([issued.password.expose().clone()]);
         (issued.app_password.id, issued.password.expose().clone())
     }

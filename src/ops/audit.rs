@@ -30,11 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::store::{AuditEvent, Store, StoreError};
-
-/// Events kept while the store cannot be written, unless `[store] audit_queue` says.
-pub const DEFAULT_CAPACITY: usize = 10_000;
 
 /// The first pause after a failed write; it doubles after each failure, up to
 /// [`MAX_RETRY`].

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::connections::address_group;
+use super::{Penalties, Pending};
+use crate::net::caps::address_group;
 use moka::sync::Cache;
 use tokio::time::Instant;
 
@@ -49,22 +50,22 @@ struct Record {
     passwords: Vec<[u8; 32]>,
 }
 
-/// The penalty book of this instance.
-pub struct Penalties {
+/// The penalty book of this instance, in its memory.
+pub struct MemoryPenalties {
     trusted: Vec<IpNet>,
     records: Cache<Key, Arc<Mutex<Record>>>,
 }
 
-impl std::fmt::Debug for Penalties {
+impl std::fmt::Debug for MemoryPenalties {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Penalties")
+        f.debug_struct("MemoryPenalties")
             .field("trusted", &self.trusted)
             .field("keys", &self.records.entry_count())
             .finish()
     }
 }
 
-impl Penalties {
+impl MemoryPenalties {
     pub fn new(trusted: Vec<IpNet>) -> Self {
         Self {
             trusted,
@@ -144,6 +145,33 @@ impl Penalties {
     }
 }
 
+impl Penalties for MemoryPenalties {
+    fn blocked_for<'a>(&'a self, ip: IpAddr, login: &'a str) -> Pending<'a, Option<Duration>> {
+        Box::pin(std::future::ready(MemoryPenalties::blocked_for(
+            self, ip, login,
+        )))
+    }
+
+    fn failed<'a>(
+        &'a self,
+        ip: IpAddr,
+        login: &'a str,
+        password_digest: [u8; 32],
+    ) -> Pending<'a, Duration> {
+        Box::pin(std::future::ready(MemoryPenalties::failed(
+            self,
+            ip,
+            login,
+            password_digest,
+        )))
+    }
+
+    fn succeeded<'a>(&'a self, ip: IpAddr, login: &'a str) -> Pending<'a, ()> {
+        MemoryPenalties::succeeded(self, ip, login);
+        Box::pin(std::future::ready(()))
+    }
+}
+
 fn lock(record: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
     // Records are plain counters; a poisoned one is still consistent.
     record.lock().unwrap_or_else(|p| p.into_inner())
@@ -159,7 +187,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn delays_grow_2_4_8_15_and_block_meanwhile() {
-        let penalties = Penalties::new(vec![]);
+        let penalties = MemoryPenalties::new(vec![]);
         let client = ip("192.0.2.1");
         let mut delays = Vec::new();
         for n in 0..5u8 {
@@ -193,7 +221,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_same_wrong_password_counts_once() {
-        let penalties = Penalties::new(vec![]);
+        let penalties = MemoryPenalties::new(vec![]);
         let client = ip("192.0.2.1");
         for _ in 0..4 {
             assert_eq!(
@@ -210,7 +238,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn success_clears_and_trusted_networks_are_exempt() {
-        let penalties = Penalties::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let penalties = MemoryPenalties::new(vec!["10.0.0.0/8".parse().unwrap()]);
         let client = ip("192.0.2.1");
         penalties.failed(client, "alice", [1; 32]);
         tokio::time::advance(Duration::from_secs(2)).await;
@@ -229,7 +257,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ipv6_clients_are_grouped_by_their_64() {
-        let penalties = Penalties::new(vec![]);
+        let penalties = MemoryPenalties::new(vec![]);
         penalties.failed(ip("2001:db8:1:2::1"), "alice", [1; 32]);
         assert!(!penalties.may_attempt(ip("2001:db8:1:2:ffff::9"), "dave"));
         assert!(penalties.may_attempt(ip("2001:db8:1:3::1"), "dave"));

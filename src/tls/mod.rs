@@ -1,6 +1,8 @@
 //! rustls configurations, built once at start and shared by `Arc`: the server side that
 //! mail clients see, and the client side postern uses towards the upstream.
 
+pub mod stream;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

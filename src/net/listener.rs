@@ -13,10 +13,14 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::{ListenerConfig, ListenerTls, Protocol};
-use crate::server::Gateway;
-use crate::stream::Stream;
-use crate::{imap, proxy, smtp};
+use crate::config::{ListenerConfig, ListenerTls};
+use crate::gateway::Gateway;
+use crate::imap::session::ImapSession;
+use crate::net::proxy;
+use crate::net::stream::Stream;
+use crate::protocol::Protocol;
+use crate::session;
+use crate::smtp::session::SmtpSession;
 
 /// Longest pause after repeated accept failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -121,8 +125,10 @@ async fn serve(
     // inside); SMTP's, which holds a whole conversation, is boxed here so it costs the IMAP
     // tasks nothing.
     match config.protocol {
-        Protocol::Imap => imap::session::serve(gateway, config, tcp, client).await,
-        Protocol::Smtp => Box::pin(smtp::session::serve(gateway, config, tcp, client)).await,
+        Protocol::Imap => session::serve::<ImapSession>(gateway, config, tcp, client).await,
+        Protocol::Smtp => {
+            Box::pin(session::serve::<SmtpSession>(gateway, config, tcp, client)).await
+        }
     }
 }
 

@@ -1,11 +1,21 @@
 //! The registry of live, logged-in sessions, so that revoking an app password, disabling
-//! or removing a user closes the sessions it opened.
+//! or removing a user closes the sessions it opened; and [`Authenticated`], what a
+//! logged-in session holds: its grant, its registration, and the moment its credential
+//! stops being valid (revoked, or expired by the clock).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus::{IntCounter, IntGauge};
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::auth::Grant;
+use crate::clock::now;
+use crate::net::caps::Admitted;
+use crate::ops::metrics::Metrics;
+use crate::protocol::Protocol;
 
 #[derive(Debug)]
 struct Entry {
@@ -102,6 +112,95 @@ impl LiveSessions {
             closed += 1;
         }
         closed
+    }
+}
+
+/// Why a logged-in session's credential stopped being valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialEnd {
+    /// Revoked, or its user disabled or removed, anywhere (the change feed).
+    Revoked,
+    /// The app password's expiry time came.
+    Expired,
+}
+
+impl CredentialEnd {
+    /// For log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialEnd::Revoked => "revoked",
+            CredentialEnd::Expired => "expired",
+        }
+    }
+}
+
+/// A session's place under the per-login cap (`max_sessions_per_user_ip`).
+pub type SessionSlot = Admitted<(Protocol, std::net::IpAddr, String)>;
+
+/// A session past login: counted in `postern_sessions_active` and registered for
+/// revocation until dropped.
+#[derive(Debug)]
+pub struct Authenticated {
+    pub grant: Arc<Grant>,
+    live: LiveSession,
+    /// When the app password expires, on the runtime's clock.
+    expires: Option<Instant>,
+    active: IntGauge,
+    closed_at_expiry: IntCounter,
+    _slot: SessionSlot,
+}
+
+impl Authenticated {
+    /// Registers a session of `protocol` that logged in with `grant`.
+    pub fn new(
+        sessions: &Arc<LiveSessions>,
+        metrics: &Metrics,
+        grant: Arc<Grant>,
+        protocol: Protocol,
+        slot: SessionSlot,
+    ) -> Self {
+        let live = sessions.register(grant.user_id, grant.app_password_id);
+        let active = metrics
+            .sessions_active
+            .with_label_values(&[protocol.as_str()]);
+        active.inc();
+        let expires = grant.expires_at.map(|at| {
+            let left = at.saturating_sub(now()).max(0) as u64;
+            Instant::now() + std::time::Duration::from_secs(left)
+        });
+        Self {
+            grant,
+            live,
+            expires,
+            active,
+            closed_at_expiry: metrics.revoked_sessions_closed.clone(),
+            _slot: slot,
+        }
+    }
+
+    /// Completes when the session must end: its credential was revoked (or its user
+    /// disabled or removed) or it expired. The change feed counts revocations in
+    /// `postern_revoked_sessions_closed_total`; expiries are counted here.
+    pub async fn ended(&self) -> CredentialEnd {
+        let expiry = async {
+            match self.expires {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = self.live.revoked() => CredentialEnd::Revoked,
+            () = expiry => {
+                self.closed_at_expiry.inc();
+                CredentialEnd::Expired
+            }
+        }
+    }
+}
+
+impl Drop for Authenticated {
+    fn drop(&mut self) {
+        self.active.dec();
     }
 }
 

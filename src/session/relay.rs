@@ -15,7 +15,7 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
-use crate::stream::Stream;
+use crate::net::stream::Stream;
 
 /// Why a relay ended.
 #[derive(Debug)]

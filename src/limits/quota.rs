@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::{Pending, Quotas};
+
 const WINDOW: Duration = Duration::from_secs(3600);
 
 /// The configured limits; `None` means unlimited.
@@ -19,12 +21,12 @@ pub struct QuotaLimits {
 
 /// Sent messages per app password, in a sliding one-hour window.
 #[derive(Debug)]
-pub struct Quotas {
+pub struct MemoryQuotas {
     limits: QuotaLimits,
     sent: Mutex<HashMap<i64, VecDeque<(Instant, u32)>>>,
 }
 
-impl Quotas {
+impl MemoryQuotas {
     pub fn new(limits: QuotaLimits) -> Self {
         Self {
             limits,
@@ -76,13 +78,35 @@ impl Quotas {
     }
 }
 
+impl Quotas for MemoryQuotas {
+    fn may_send_message(&self, app_password_id: i64) -> Pending<'_, bool> {
+        Box::pin(std::future::ready(MemoryQuotas::may_send_message(
+            self,
+            app_password_id,
+        )))
+    }
+
+    fn may_add_recipients(&self, app_password_id: i64, recipients: u32) -> Pending<'_, bool> {
+        Box::pin(std::future::ready(MemoryQuotas::may_add_recipients(
+            self,
+            app_password_id,
+            recipients,
+        )))
+    }
+
+    fn record(&self, app_password_id: i64, recipients: u32) -> Pending<'_, ()> {
+        MemoryQuotas::record(self, app_password_id, recipients);
+        Box::pin(std::future::ready(()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
     async fn limits_hold_for_an_hour_then_free_up() {
-        let quotas = Quotas::new(QuotaLimits {
+        let quotas = MemoryQuotas::new(QuotaLimits {
             messages_per_hour: Some(2),
             recipients_per_hour: Some(5),
         });
@@ -100,7 +124,7 @@ mod tests {
 
     #[test]
     fn no_limit_means_unlimited() {
-        let quotas = Quotas::new(QuotaLimits {
+        let quotas = MemoryQuotas::new(QuotaLimits {
             messages_per_hour: None,
             recipients_per_hour: None,
         });

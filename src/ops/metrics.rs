@@ -1,22 +1,11 @@
-//! Prometheus metrics (one registry, typed handles) and the HTTP endpoint that serves
-//! `/metrics`, `/healthz` and `/readyz`.
+//! Prometheus metrics: one registry, typed handles, every known label combination at zero.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tokio::net::{TcpListener, TcpStream};
-
-use crate::server::Gateway;
 
 /// Every metric postern exports; names and labels are part of the interface contract.
 pub struct Metrics {
@@ -230,6 +219,7 @@ impl Metrics {
             "upstream_refused",
             "upstream_unavailable",
             "temporary_failure",
+            "session_limit",
         ];
         for protocol in ["imap", "smtp"] {
             self.sessions_active.with_label_values(&[protocol]).set(0);
@@ -268,66 +258,6 @@ impl Metrics {
             .expect("encoding to memory");
         String::from_utf8_lossy(&out).into_owned()
     }
-}
-
-/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` completes.
-pub async fn serve_http(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .with_state(gateway);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        gateway.metrics.render(),
-    )
-}
-
-/// How long each readiness check may take.
-const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Ready when the store answers and every configured upstream accepts a TCP connection
-/// (the listeners are bound before this endpoint starts). One line per check.
-async fn ready(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
-    let mut report = String::new();
-    let mut ready = true;
-    match tokio::time::timeout(READY_CHECK_TIMEOUT, gateway.store.ping()).await {
-        Ok(Ok(())) => report.push_str("store ok\n"),
-        _ => {
-            ready = false;
-            report.push_str("store unreachable\n");
-        }
-    }
-    for (protocol, upstream) in [
-        ("imap", gateway.imap_upstream()),
-        ("smtp", gateway.smtp_upstream()),
-    ] {
-        let Some(upstream) = upstream else { continue };
-        let connect = TcpStream::connect(upstream.address.as_str());
-        match tokio::time::timeout(READY_CHECK_TIMEOUT, connect).await {
-            Ok(Ok(_)) => report.push_str(&format!("{protocol} upstream ok\n")),
-            _ => {
-                ready = false;
-                report.push_str(&format!("{protocol} upstream unreachable\n"));
-            }
-        }
-    }
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, report)
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The road to the real mail server: TCP connect and TLS under named timeouts, and the
-//! master credentials postern logs in with. The protocol-specific login lives with each
-//! protocol (`imap::upstream`, `smtp::upstream`).
+//! credentials postern logs in with ([`credentials`]). The protocol-specific login lives
+//! with each protocol (`imap::upstream`, `smtp::upstream`).
+
+pub mod credentials;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -11,11 +13,11 @@ use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
 
-use crate::auth::Secret;
-use crate::config::{UpstreamAuth, UpstreamConfig, UpstreamTls};
-use crate::stream::Stream;
+use crate::config::{UpstreamConfig, UpstreamTls};
+use crate::net::stream::Stream;
+use crate::tls::stream::ClientTls;
 use crate::tls::{self, TlsError};
-use crate::tls_stream::ClientTls;
+use credentials::UpstreamLogin;
 
 /// Why the upstream could not be used. Each variant names the phase, so a log line says
 /// where it broke; `reason()` is the metric label.
@@ -78,10 +80,8 @@ impl UpstreamError {
 pub struct Upstream {
     pub address: String,
     pub tls: UpstreamTls,
-    pub auth: UpstreamAuth,
-    pub master_user: String,
-    pub master_login_format: String,
-    master_password_file: PathBuf,
+    /// How postern logs in there on a user's behalf.
+    pub login: UpstreamLogin,
     server_name: ServerName<'static>,
     client_tls: Arc<ClientConfig>,
     pub connect_timeout: Duration,
@@ -100,10 +100,7 @@ impl Upstream {
         Ok(Self {
             address: config.address.clone(),
             tls: config.tls,
-            auth: config.auth,
-            master_user: config.master_user.clone(),
-            master_login_format: config.master_login_format.clone(),
-            master_password_file: config.master_password_file.clone(),
+            login: UpstreamLogin::new(config),
             server_name,
             client_tls: client,
             connect_timeout: config.connect_timeout,
@@ -111,26 +108,6 @@ impl Upstream {
             warm_connections: config.warm_connections,
             warm_max_age: config.warm_max_age,
         })
-    }
-
-    /// The master password, read now so that rotating the file needs no restart. The
-    /// first line counts; its trailing newline does not.
-    pub fn master_password(&self) -> Result<Secret<String>, UpstreamError> {
-        let text = std::fs::read_to_string(&self.master_password_file).map_err(|source| {
-            UpstreamError::MasterPassword {
-                path: self.master_password_file.clone(),
-                source,
-            }
-        })?;
-        let line = text.lines().next().unwrap_or("").to_string();
-        Ok(Secret::new(line))
-    }
-
-    /// The user name for `master-login`: the format with `{user}` and `{master}` filled in.
-    pub fn master_login_name(&self, user: &str) -> String {
-        self.master_login_format
-            .replace("{user}", user)
-            .replace("{master}", &self.master_user)
     }
 
     /// TCP connect, then TLS when the upstream is implicit TLS. Returns the stream and how
