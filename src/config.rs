@@ -311,9 +311,17 @@ pub struct UpstreamConfig {
     /// Name checked against the upstream's certificate; defaults to the host of `address`.
     #[serde(default)]
     pub server_name: Option<String>,
-    /// PEM CA bundle to trust instead of the system roots (private CAs).
+    /// PEM certificates to trust instead of the system roots: the CA that signed the
+    /// upstream's certificate (a private CA), or the upstream's own certificate, which is
+    /// then trusted exactly as it is (a self-signed one made with `openssl req -x509`);
+    /// its dates and names are still checked.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprints of upstream certificates trusted exactly as they are, as
+    /// `openssl x509 -noout -fingerprint -sha256` prints them (colons optional); dates and
+    /// names are still checked.
+    #[serde(default)]
+    pub pin_sha256: Vec<String>,
     pub auth: UpstreamAuth,
     /// The upstream account allowed to log in as any user.
     pub master_user: String,
@@ -367,6 +375,14 @@ impl UpstreamConfig {
             None => &self.address,
         };
         host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    /// The pinned fingerprints that parse (`problems()` reports the others).
+    pub fn pins(&self) -> Vec<[u8; 32]> {
+        self.pin_sha256
+            .iter()
+            .filter_map(|pin| crate::tls::trust::parse_fingerprint(pin))
+            .collect()
     }
 
     /// The name to verify the upstream's certificate against.
@@ -718,6 +734,13 @@ impl UpstreamConfig {
                 problems.push(format!(
                     "{section} ca_file {} does not exist",
                     ca_file.display()
+                ));
+            }
+        }
+        for pin in &self.pin_sha256 {
+            if crate::tls::trust::parse_fingerprint(pin).is_none() {
+                problems.push(format!(
+                    "{section} pin_sha256 {pin:?} is not a SHA-256 fingerprint (64 hex digits, colons optional)"
                 ));
             }
         }

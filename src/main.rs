@@ -12,6 +12,7 @@ use postern::config::{self, Config};
 use postern::gateway::{self, Gateway};
 use postern::server;
 use postern::store::{AppPassword, AuditRecord, Scope, Store, StoreError, User};
+use postern::upstream;
 
 #[derive(Parser)]
 #[command(
@@ -32,7 +33,11 @@ enum Command {
     /// Run the gateway.
     Serve,
     /// Check the configuration; print "ok" or every problem found.
-    CheckConfig,
+    CheckConfig {
+        /// Also connect to each configured upstream (TLS, greeting) and report.
+        #[arg(long)]
+        probe: bool,
+    },
     /// Create or update the store's tables.
     Migrate,
     /// Manage users.
@@ -158,17 +163,29 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
     let config = Config::load(&path)?;
     match cli.command {
-        Command::CheckConfig => {
+        Command::CheckConfig { probe } => {
             let mut problems = config.problems();
             problems.extend(config.deferred_problems());
-            if problems.is_empty() {
-                println!("ok");
-                return Ok(ExitCode::SUCCESS);
-            }
-            for problem in problems {
+            for problem in &problems {
                 eprintln!("{}: {problem}", path.display());
             }
-            Ok(ExitCode::FAILURE)
+            let mut failed = !problems.is_empty();
+            if probe && config.problems().is_empty() {
+                for report in upstream::probe::probe_all(&config).await {
+                    match report.outcome {
+                        Ok(what) => println!("{} {}: {what}", report.section, report.address),
+                        Err(why) => {
+                            failed = true;
+                            eprintln!("{} {}: {why}", report.section, report.address);
+                        }
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("ok");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Serve => serve(config, &path).await,
         Command::Migrate => {

@@ -2,6 +2,7 @@
 //! mail clients see, and the client side postern uses towards the upstream.
 
 pub mod stream;
+pub mod trust;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,21 +99,25 @@ pub fn server_config(config: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> 
     Ok(Arc::new(server))
 }
 
-/// The configuration for connections to an upstream: the system's roots, or only the CAs
-/// in `ca_file` when one is given. Session resumption is on (rustls' default cache).
-pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+/// The configuration for connections to an upstream: trusted are the CAs in `ca_file`
+/// (the system's roots when there is none), each certificate of `ca_file` exactly as it
+/// is, and the certificates whose SHA-256 is in `pins` (see [`trust`]). Session
+/// resumption is on (rustls' default cache).
+pub fn client_config(
+    ca_file: Option<&Path>,
+    pins: &[[u8; 32]],
+) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
+    let mut pinned = Vec::new();
     match ca_file {
         Some(path) => {
-            for certificate in load_certificates(path)? {
-                roots
-                    .add(certificate)
-                    .map_err(|e| TlsError::Mismatch(e.clone()))?;
-            }
+            pinned = load_certificates(path)?;
+            // A certificate that cannot be an anchor (a server's own) is still a pin.
+            roots.add_parsable_certificates(pinned.iter().cloned());
         }
         None => {
             let loaded = rustls_native_certs::load_native_certs();
-            if roots.add_parsable_certificates(loaded.certs).0 == 0 {
+            if roots.add_parsable_certificates(loaded.certs).0 == 0 && pins.is_empty() {
                 let why = loaded
                     .errors
                     .first()
@@ -122,10 +127,13 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
             }
         }
     }
+    let verifier = trust::UpstreamTrust::new(roots, pinned, pins.to_vec(), provider())
+        .map_err(TlsError::Mismatch)?;
     let client = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Mismatch)?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Ok(Arc::new(client))
 }
@@ -161,7 +169,7 @@ mod tests {
         assert!(!ensure_development_certificate(&config).unwrap());
         assert_eq!(std::fs::read(&config.cert).unwrap(), first);
         server_config(&config).unwrap();
-        let client = client_config(Some(&config.cert)).unwrap();
+        let client = client_config(Some(&config.cert), &[]).unwrap();
         assert!(client.enable_sni);
     }
 

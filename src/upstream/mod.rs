@@ -3,6 +3,7 @@
 //! with each protocol (`imap::upstream`, `smtp::upstream`).
 
 pub mod credentials;
+pub mod probe;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -33,7 +34,7 @@ pub enum UpstreamError {
         address: String,
         source: std::io::Error,
     },
-    #[error("upstream TLS handshake failed: {0}")]
+    #[error("upstream TLS handshake failed: {}", tls::trust::describe(.0))]
     Tls(std::io::Error),
     #[error("upstream I/O error during {phase}: {source}")]
     Io {
@@ -96,7 +97,7 @@ impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Result<Self, TlsError> {
         let server_name = ServerName::try_from(config.server_name().to_string())
             .unwrap_or_else(|_| ServerName::try_from("invalid.invalid").expect("valid constant")); // Unwrap: validate() rejects invalid names first
-        let client = tls::client_config(config.ca_file.as_deref())?;
+        let client = tls::client_config(config.ca_file.as_deref(), &config.pins())?;
         Ok(Self {
             address: config.address.clone(),
             tls: config.tls,

@@ -48,6 +48,18 @@ impl TestCa {
     /// empty). Writes `<dir>/<name>.pem` (leaf followed by the CA: a full chain) and
     /// `<dir>/<name>-key.pem` (PKCS#8), and returns (chain path, key path).
     pub fn issue(&self, dir: &Path, name: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
+        self.issue_with(dir, name, sans, |_| {})
+    }
+
+    /// Like [`TestCa::issue`], with the leaf's parameters changed by `edit` first (its
+    /// validity dates, say).
+    pub fn issue_with(
+        &self,
+        dir: &Path,
+        name: &str,
+        sans: &[&str],
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> (PathBuf, PathBuf) {
         let sans: Vec<String> = if sans.is_empty() {
             vec!["localhost".into(), "127.0.0.1".into()]
         } else {
@@ -61,6 +73,7 @@ impl TestCa {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        edit(&mut params);
         let leaf = params
             .signed_by(&key, &self.cert, &self.key)
             .expect("sign leaf");

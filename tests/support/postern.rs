@@ -114,6 +114,8 @@ pub struct Options {
     pub proxy_sources: &'static str,
     /// `max_connections` of every listener.
     pub max_connections: usize,
+    /// More lines for both `[upstream.*]` tables.
+    pub upstream_extra: String,
     /// `[auth] change_poll_interval`: how soon revocations made elsewhere reach sessions.
     pub change_poll_interval: &'static str,
     /// More lines for the `[auth]` table.
@@ -138,6 +140,7 @@ impl Default for Options {
             trusted_networks: r#"["127.0.0.0/8", "::1/128"]"#,
             proxy_sources: r#"["127.0.0.0/8", "::1/128"]"#,
             max_connections: 10_000,
+            upstream_extra: String::new(),
             change_poll_interval: "100ms",
             auth_extra: "",
             network_extra: "",
@@ -253,6 +256,7 @@ ca_file = "{ca_file}"
 auth = "{upstream_auth}"
 master_user = "{master_user}"
 master_password_file = "{master_password_file}"
+{upstream_extra}
 
 [upstream.imap]
 address = "127.0.0.1:{upstream_port}"
@@ -262,6 +266,7 @@ ca_file = "{ca_file}"
 auth = "{upstream_auth}"
 master_user = "{master_user}"
 master_password_file = "{master_password_file}"
+{upstream_extra}
 
 [http]
 bind = "127.0.0.1:0"
@@ -288,6 +293,7 @@ proxy_sources = {proxy_sources}
             proxy_sources = options.proxy_sources,
             max_connections = options.max_connections,
             change_poll_interval = options.change_poll_interval,
+            upstream_extra = options.upstream_extra,
             auth_extra = options.auth_extra,
             network_extra = options.network_extra,
             extra = options.extra_config,
