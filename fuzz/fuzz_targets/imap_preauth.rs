@@ -48,8 +48,8 @@ fuzz_target!(|data: &[u8]| {
                     assert!(bytes.ends_with(b"\r\n"), "a reply that is not whole lines");
                 }
                 Action::StartTls => machine.tls_established(),
-                Action::Login { tag, login, .. } => {
-                    assert!(!login.is_empty());
+                Action::Login { tag, credentials } => {
+                    assert!(!credentials.login.is_empty());
                     assert!(machine.is_awaiting_verdict(), "Login for tag {tag:?}");
                     if refuse {
                         machine.login_refused();

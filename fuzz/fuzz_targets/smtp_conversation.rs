@@ -52,8 +52,8 @@ fuzz_target!(|data: &[u8]| {
                     assert!(bytes.ends_with(b"\r\n"), "a reply that is not whole lines");
                 }
                 Action::StartTls => machine.tls_established(),
-                Action::Authenticate { login, .. } => {
-                    assert!(!login.is_empty());
+                Action::Authenticate(credentials) => {
+                    assert!(!credentials.login.is_empty());
                     if grant {
                         machine.auth_granted();
                     } else {

@@ -33,7 +33,7 @@ use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::core::{IString, LiteralMode, NString};
 use imap_codec::CommandCodec;
 
-use crate::auth::Secret;
+use crate::auth::{ClientLogin, Secret};
 use crate::sasl::{self, SaslError};
 
 /// Default longest line and literal (SPEC: "line and literal at most 8 KiB").
@@ -160,12 +160,9 @@ pub enum Action {
     Login {
         /// The tag the client's login command carried; the final reply must use it.
         tag: String,
-        /// LOGIN or AUTHENTICATE PLAIN.
-        mechanism: Mechanism,
-        /// The login as sent (UTF-8, non-empty).
-        login: String,
-        /// The app password as sent (UTF-8, non-empty).
-        password: Secret<String>,
+        /// LOGIN (`login`) or AUTHENTICATE PLAIN (`plain`), the login and the app
+        /// password as sent.
+        credentials: ClientLogin,
     },
     /// Close the connection after flushing the previous `Send`s: LOGOUT done, too many
     /// failures or invalid commands, or an unrecoverable protocol error.
@@ -728,9 +725,11 @@ impl PreAuth {
     ) {
         self.actions.push_back(Action::Login {
             tag: tag.clone(),
-            mechanism,
-            login,
-            password,
+            credentials: ClientLogin {
+                mechanism: mechanism.as_str(),
+                login,
+                password,
+            },
         });
         self.phase = Phase::AwaitingVerdict { tag };
     }
@@ -887,12 +886,14 @@ mod tests {
                 Action::Close => transcript.push_str("<close>"),
                 Action::Login {
                     tag,
-                    mechanism,
-                    login,
-                    password,
+                    credentials:
+                        ClientLogin {
+                            mechanism,
+                            login,
+                            password,
+                        },
                 } => transcript.push_str(&format!(
-                    "<login {tag} {} {login} {}>",
-                    mechanism.as_str(),
+                    "<login {tag} {mechanism} {login} {}>",
                     password.expose()
                 )),
             }

@@ -11,7 +11,7 @@ use crate::auth::Grant;
 use crate::gateway::Gateway;
 use crate::protocol::Protocol;
 use crate::session::login::UpstreamSession;
-use crate::session::{AfterLogin, ClientLogin, Machine, ProtocolSession, Relaying, Replies, Step};
+use crate::session::{AfterLogin, Machine, ProtocolSession, Relaying, Replies, Step};
 use crate::upstream::UpstreamError;
 
 /// Invalid commands tolerated before login.
@@ -34,16 +34,7 @@ impl Machine for PreAuth {
             Action::StartTls => Step::StartTls,
             Action::Close => Step::Close,
             // The tag stays with the machine: `into_authenticated` gives it back.
-            Action::Login {
-                tag: _,
-                mechanism,
-                login,
-                password,
-            } => Step::LogIn(ClientLogin {
-                mechanism: mechanism.as_str(),
-                login,
-                password,
-            }),
+            Action::Login { credentials, .. } => Step::LogIn(credentials),
         })
     }
 

@@ -93,12 +93,8 @@ pub async fn connect(upstream: &Upstream) -> Result<Greeted, UpstreamError> {
         if reply.status != Status::Ok {
             return Err(UpstreamError::Unsupported("STARTTLS"));
         }
-        let tcp = conn
-            .stream
-            .into_plain()
-            .map_err(|_| UpstreamError::Protocol { phase: "STARTTLS" })?;
-        // Anything the upstream sent after its OK would be a plaintext injection: dropped.
-        let tls = upstream.start_tls(tcp).await?;
+        // What the upstream sent after its OK is dropped with the old conversation.
+        let tls = upstream.upgrade(conn.stream).await?;
         conn = Conversation::new(tls, upstream.reply_timeout);
         capabilities = None;
     }

@@ -20,7 +20,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::auth::{Grant, LoginAttempt, Secret};
+pub use crate::auth::ClientLogin;
+use crate::auth::{Grant, LoginAttempt};
 use crate::config::{ListenerConfig, ListenerTls};
 use crate::gateway::Gateway;
 use crate::net::caps::Admitted;
@@ -31,17 +32,6 @@ use live::{Authenticated, CredentialEnd};
 use login::{LoginOutcome, UpstreamSession};
 use relay::{RelayCounters, RelayEnd};
 use std::net::IpAddr;
-
-/// Credentials a client presented, as its pre-auth machine decoded them.
-#[derive(Debug)]
-pub struct ClientLogin {
-    /// How they were presented: the `mechanism` metric label (`login`, `plain`, …).
-    pub mechanism: &'static str,
-    /// The login as sent.
-    pub login: String,
-    /// The app password as sent.
-    pub password: Secret<String>,
-}
 
 /// What a pre-auth machine asks the driver to do next.
 #[derive(Debug)]

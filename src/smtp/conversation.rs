@@ -47,7 +47,7 @@ use std::fmt;
 use smtp_proto::{Error as ParseError, MailFrom, RcptTo, Request, AUTH_LOGIN, AUTH_PLAIN};
 
 use super::data::{scan, Scan, ScanStop};
-use crate::auth::Secret;
+use crate::auth::{ClientLogin, Secret};
 use crate::sasl::{self, SaslError};
 
 /// Default longest command line (SPEC: "line ... at most 8 KiB" before login; kept after).
@@ -200,14 +200,9 @@ pub enum Action {
     StartTls,
     /// Verify these credentials, then answer with [`Conversation::auth_granted`],
     /// [`Conversation::auth_refused`] or [`Conversation::auth_unavailable`].
-    Authenticate {
-        /// PLAIN or LOGIN.
-        mechanism: Mechanism,
-        /// The login as sent (UTF-8, non-empty; PLAIN's authzid, if any, equals it).
-        login: String,
-        /// The app password as sent (UTF-8, non-empty).
-        password: Secret<String>,
-    },
+    /// PLAIN (`plain`) or LOGIN (`login`), the login as sent (PLAIN's authzid, if any,
+    /// equals it) and the app password.
+    Authenticate(ClientLogin),
     /// MAIL FROM after AUTH, to check against the sender policy and relay upstream. Answer
     /// with [`Conversation::reply`].
     MailFrom {
@@ -267,8 +262,8 @@ impl fmt::Debug for Action {
         match self {
             Action::Send(bytes) => write!(f, "Send({} bytes)", bytes.len()),
             Action::StartTls => f.write_str("StartTls"),
-            Action::Authenticate { mechanism, .. } => {
-                write!(f, "Authenticate({})", mechanism.as_str())
+            Action::Authenticate(credentials) => {
+                write!(f, "Authenticate({})", credentials.mechanism)
             }
             Action::MailFrom { line, .. } => write!(f, "MailFrom({} bytes)", line.len()),
             Action::RcptTo { line, .. } => write!(f, "RcptTo({} bytes)", line.len()),
@@ -898,11 +893,11 @@ impl Conversation {
     }
 
     fn request_verdict(&mut self, mechanism: Mechanism, login: String, password: Secret<String>) {
-        self.actions.push_back(Action::Authenticate {
-            mechanism,
+        self.actions.push_back(Action::Authenticate(ClientLogin {
+            mechanism: mechanism.as_str(),
             login: login.clone(),
             password,
-        });
+        }));
         self.phase = Phase::AwaitingVerdict { login };
     }
 
@@ -1237,15 +1232,11 @@ mod tests {
             match action {
                 Action::Send(bytes) => out.push_str(&String::from_utf8_lossy(&bytes)),
                 Action::StartTls => out.push_str("<starttls>"),
-                Action::Authenticate {
+                Action::Authenticate(ClientLogin {
                     mechanism,
                     login,
                     password,
-                } => out.push_str(&format!(
-                    "<auth {} {login} {}>",
-                    mechanism.as_str(),
-                    password.expose()
-                )),
+                }) => out.push_str(&format!("<auth {mechanism} {login} {}>", password.expose())),
                 Action::MailFrom { address, line } => out.push_str(&format!(
                     "<mail {address:?} {:?}>",
                     String::from_utf8_lossy(&line)
@@ -1683,11 +1674,11 @@ mod tests {
             !debug.contains("hunter2") && !debug.contains("secret"),
             "{debug}"
         );
-        let action = Action::Authenticate {
-            mechanism: Mechanism::Plain,
+        let action = Action::Authenticate(ClientLogin {
+            mechanism: Mechanism::Plain.as_str(),
             login: "alice".to_owned(),
             password: Secret::new("hunter2".to_owned()),
-        };
+        });
         assert_eq!(format!("{action:?}"), "Authenticate(plain)");
         let header = Action::MessageHeader(b"Subject: secret\r\n\r\n".to_vec());
         assert_eq!(format!("{header:?}"), "MessageHeader(19 bytes)");
@@ -2370,8 +2361,8 @@ mod tests {
             while let Some(action) = m.next_action() {
                 match action {
                     Action::Send(bytes) => transcript.push_str(&String::from_utf8_lossy(&bytes)),
-                    Action::Authenticate { login, .. } => {
-                        transcript.push_str(&format!("<auth {login}>"));
+                    Action::Authenticate(credentials) => {
+                        transcript.push_str(&format!("<auth {}>", credentials.login));
                         m.auth_granted();
                     }
                     Action::MailFrom { address, .. } => {
@@ -2593,7 +2584,7 @@ mod tests {
             while let Some(action) = machine.next_action() {
                 let reply = REPLIES[next() % REPLIES.len()].to_vec();
                 match action {
-                    Action::Authenticate { .. } => {
+                    Action::Authenticate(_) => {
                         seen[0] += 1;
                         match next() % 3 {
                             0 => machine.auth_granted(),

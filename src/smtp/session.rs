@@ -15,7 +15,7 @@ use crate::gateway::Gateway;
 use crate::ops::audit;
 use crate::protocol::Protocol;
 use crate::session::login::{self, UpstreamSession};
-use crate::session::{AfterLogin, ClientLogin, Machine, ProtocolSession, Replies, Step};
+use crate::session::{AfterLogin, Machine, ProtocolSession, Replies, Step};
 use crate::upstream::UpstreamError;
 
 const SENDER_REFUSED: &[u8] = b"553 5.7.1 Sender address not allowed for this user\r\n";
@@ -50,15 +50,7 @@ impl Machine for Conversation {
                 Action::StartTls => Step::StartTls,
                 Action::Close => Step::Close,
                 Action::Quit => continue, // the 221 is queued; Close follows
-                Action::Authenticate {
-                    mechanism,
-                    login,
-                    password,
-                } => Step::LogIn(ClientLogin {
-                    mechanism: mechanism.as_str(),
-                    login,
-                    password,
-                }),
+                Action::Authenticate(credentials) => Step::LogIn(credentials),
                 transaction => Step::Protocol(transaction),
             });
         }
@@ -213,7 +205,7 @@ impl ProtocolSession for SmtpSession {
             | Action::StartTls
             | Action::Close
             | Action::Quit
-            | Action::Authenticate { .. } => {}
+            | Action::Authenticate(_) => {}
         }
     }
 

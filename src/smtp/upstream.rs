@@ -244,13 +244,8 @@ async fn open(
                 code: reply.code,
             });
         }
-        let tcp = conn
-            .stream
-            .into_plain()
-            .map_err(|_| UpstreamError::Protocol { phase: "STARTTLS" })?;
-        // Anything the upstream sent after its 220 would be a plaintext injection: it is
-        // dropped with the old buffer.
-        let tls = upstream.start_tls(tcp).await?;
+        // What the upstream sent after its 220 is dropped with the old buffer.
+        let tls = upstream.upgrade(conn.stream).await?;
         conn = SmtpUpstream::new(tls, upstream.reply_timeout);
         conn.ehlo(hostname).await?;
     }

@@ -133,6 +133,16 @@ impl Upstream {
         Ok((stream, started.elapsed()))
     }
 
+    /// STARTTLS: the handshake on a connection whose STARTTLS the upstream accepted.
+    /// Anything it sent after accepting would be a plaintext injection: it stays behind in
+    /// the caller's old buffer.
+    pub async fn upgrade(&self, stream: Stream) -> Result<Stream, UpstreamError> {
+        let tcp = stream
+            .into_plain()
+            .map_err(|_| UpstreamError::Protocol { phase: "STARTTLS" })?;
+        self.start_tls(tcp).await
+    }
+
     /// The TLS handshake on an established TCP connection (implicit TLS or after STARTTLS).
     pub async fn start_tls(&self, tcp: TcpStream) -> Result<Stream, UpstreamError> {
         let tls = within("TLS handshake", self.reply_timeout, async {
