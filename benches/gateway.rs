@@ -33,7 +33,8 @@
 //!   connect from 127.0.0.1 and never fail a login; the flood row's penalised flooder
 //!   connects from 127.0.0.2 (penalties apply to it, and to the login it attacks), the
 //!   unpenalised one from 127.0.0.3 (every attempt reaches argon2: the worst case for
-//!   the hash pool). `max_connections_per_ip = 0` and `messages_per_hour = 0`.
+//!   the hash pool). `max_connections_per_ip = 0`, `max_sessions_per_user_ip = 0` and
+//!   `messages_per_hour = 0`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -168,7 +169,7 @@ fn main() {
             max_connections: 30_000,
             extra: format!(
                 "[smtp]\nmax_message_size = {}\nmessages_per_hour = 0\nrecipients_per_hour = 0\n\n\
-                 [network]\ntrusted_networks = [\"127.0.0.3/32\"]\nmax_connections_per_ip = 0\n",
+                 [network]\ntrusted_networks = [\"127.0.0.3/32\"]\nmax_connections_per_ip = 0\nmax_sessions_per_user_ip = 0\n",
                 (SMTP_HUGE_MIB + 8) * MIB
             ),
             log_filter: None,

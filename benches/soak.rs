@@ -109,7 +109,7 @@ fn main() {
         Settings {
             max_connections: idle_sessions + 2000,
             extra: "[smtp]\nmessages_per_hour = 0\nrecipients_per_hour = 0\n\n\
-                    [network]\nmax_connections_per_ip = 0\n"
+                    [network]\nmax_connections_per_ip = 0\nmax_sessions_per_user_ip = 0\n"
                 .to_string(),
             ..Settings::default()
         },

@@ -2,26 +2,33 @@
 //!
 //! A connection flows through these modules, in order:
 //!
-//! - [`server`] binds nothing itself: it takes already-bound listeners, starts one accept
-//!   loop per listener ([`listener`]), the HTTP endpoint ([`metrics`]) and the change
-//!   follower, and drains on shutdown.
-//! - [`listener`] only accepts: it caps concurrent connections and spawns a task per client.
-//! - [`proxy`] reads the PROXY header a trusted load balancer sends first, naming the client.
-//! - [`connections`] caps the connections one client address may hold.
-//! - [`tls`] holds the rustls configurations; [`stream`] is a socket that may become TLS.
-//! - [`imap`] runs the pre-auth conversation as a sans-I/O state machine
-//!   ([`imap::preauth`]) and drives it from the connection's task ([`imap::session`]);
-//!   [`smtp`] does the same for submission ([`smtp::conversation`], [`smtp::session`]),
-//!   with the sender policy and quotas.
-//! - [`auth`] decides whether a login may proceed: cache, then penalties, then store
-//!   lookup, then one argon2id verification on a bounded pool ([`sasl`] decodes SASL).
-//! - [`upstream`] connects to the real mail server; [`imap::upstream`] and
-//!   [`smtp::upstream`] log in there as the user.
-//! - [`relay`] copies IMAP bytes both ways once the user is logged in.
+//! - [`server`] binds nothing itself: it takes already-bound listeners and starts an accept
+//!   loop per listener, the HTTP endpoint ([`ops::http`]), the warm upstream connections
+//!   and the change follower, all sharing the services of [`gateway`]; it drains on
+//!   shutdown.
+//! - [`net`] accepts: the accept loop ([`net::listener`]) only accepts and spawns; the PROXY
+//!   header a trusted balancer sends first ([`net::proxy`]); the caps on what one address
+//!   and one login may hold ([`net::caps`]).
+//! - [`tls`] holds the rustls configurations, the TLS stream, and the trust in the
+//!   upstream's certificate ([`tls::trust`]).
+//! - [`session`] is the driver every protocol runs on: it feeds the client's bytes to the
+//!   protocol's sans-I/O machine and carries out its steps (send, STARTTLS, close, log
+//!   in), runs the login step ([`session::login`]) and ends the session when its
+//!   credential is revoked or expires ([`session::live`]), then relays bytes
+//!   ([`session::relay`]) or lets the protocol converse.
+//! - [`imap`] and [`smtp`] are the protocols: each a pre-auth machine
+//!   ([`imap::preauth`], [`smtp::conversation`]), its session ([`imap::session`],
+//!   [`smtp::session`], SMTP with the sender policy and quotas) and its upstream login
+//!   ([`imap::upstream`], [`smtp::upstream`]).
+//! - [`auth`] decides whether a login may proceed: cache, then penalties ([`limits`]), then
+//!   store lookup, then one argon2id verification on a bounded pool ([`sasl`] decodes
+//!   SASL, and encodes it for the upstream).
+//! - [`upstream`] connects to the real mail server and holds the credentials postern logs
+//!   in with there ([`upstream::credentials`]).
 //! - [`store`] keeps users, app passwords, the change feed and the audit trail in SQLite or
-//!   PostgreSQL; [`admin`] is what the CLI does with them; [`audit`] queues the gateway's
-//!   login and message events in front of the store, so an outage delays them.
-//! - [`sessions`] tracks live sessions so that revoking an app password closes them.
+//!   PostgreSQL; [`accounts`] is what the CLI (and later the portal) does with them;
+//!   [`ops`] has the metrics, the HTTP endpoint and the audit queue in front of the store.
+//! - [`config`], [`protocol`] and [`clock`] are the leaves everything reads.
 
 pub mod accounts;
 pub mod auth;

@@ -4,8 +4,10 @@
 //!
 //! One code path serves both databases through sqlx's `Any` driver: placeholders are
 //! `$1, $2, …` (SQLite binds `$N` by number), timestamps are `i64` unix seconds, states are
-//! nullable timestamps rather than booleans, and every query lives in this file. The
-//! migrations differ per database and are embedded in the binary (see `migrations.rs`).
+//! nullable timestamps rather than booleans, and every query lives in this module: this
+//! file has the backend (pool, errors, row helpers), and one file each the aggregates
+//! (`users.rs`, `app_passwords.rs`, `changes.rs`, `audit.rs`). The migrations differ per
+//! database and are embedded in the binary (see `migrations.rs`).
 //!
 //! Writes that others must notice (revoke, revoke-all, disable, enable, remove) append a row
 //! to `changes` in the same transaction, so a poller never sees the change without its
