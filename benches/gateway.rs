@@ -804,7 +804,7 @@ impl Bench {
 
     /// Both targets in an order that alternates from run to run.
     fn order(&self, run: usize) -> [&Target; 2] {
-        if run % 2 == 0 {
+        if run.is_multiple_of(2) {
             [&self.imap_postern, &self.imap_direct]
         } else {
             [&self.imap_direct, &self.imap_postern]

@@ -125,6 +125,14 @@ impl Accounts {
         Ok(())
     }
 
+    /// Forgets the user's second factors and signs their portal sessions out (the
+    /// helpdesk, when a phone is lost).
+    pub async fn reset_mfa(&self, login: &str) -> Result<User, AdminError> {
+        let user = self.store.reset_mfa(login).await?;
+        self.audit("mfa_reset", &user.login, None).await?;
+        Ok(user)
+    }
+
     /// A user's app passwords, live or not.
     pub async fn app_passwords(&self, login: &str) -> Result<Vec<AppPassword>, AdminError> {
         Ok(self.store.app_passwords(login).await?)

@@ -63,6 +63,86 @@ pub struct Config {
     /// Who is trusted on the network: penalty exemptions, PROXY header sources, caps.
     #[serde(default)]
     pub network: NetworkConfig,
+    /// The self-service portal, where users sign in and make their own app passwords; off
+    /// without this section.
+    #[serde(default)]
+    pub portal: Option<PortalConfig>,
+}
+
+/// The self-service portal: an HTTPS listener on the `[tls]` certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalConfig {
+    /// Where the portal listens (HTTPS).
+    #[serde(default = "default_portal_bind")]
+    pub bind: SocketAddr,
+    /// The portal's address as users reach it, e.g. `https://mail.example.com:10443`: the
+    /// origin that form posts must come from, and the base of links.
+    #[serde(default = "default_public_url")]
+    pub public_url: String,
+    /// How the primary password is checked: `upstream` logs in to the upstream IMAP server
+    /// as the user.
+    #[serde(default)]
+    pub sign_in: SignIn,
+    /// Password sign-ins must pass postern's own second factor (TOTP or a recovery code);
+    /// users set one up at their first sign-in.
+    #[serde(default = "default_true")]
+    pub require_mfa: bool,
+    /// How long a portal session lasts.
+    #[serde(default = "default_portal_session", with = "duration")]
+    pub session_lifetime: Duration,
+    /// What a device is told to connect to.
+    #[serde(default)]
+    pub client_settings: ClientSettings,
+}
+
+/// How the portal checks a primary password.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignIn {
+    /// LOGIN to the upstream IMAP server as the user, then LOGOUT.
+    #[default]
+    Upstream,
+}
+
+/// The servers a user's device is set up with (implicit TLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSettings {
+    /// `host:port` for IMAP over TLS.
+    #[serde(default = "default_client_imap")]
+    pub imap: String,
+    /// `host:port` for SMTP submission over TLS.
+    #[serde(default = "default_client_smtp")]
+    pub smtp: String,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        Self {
+            imap: default_client_imap(),
+            smtp: default_client_smtp(),
+        }
+    }
+}
+
+fn default_portal_bind() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 10443))
+}
+fn default_public_url() -> String {
+    "https://localhost:10443".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_portal_session() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+fn default_client_imap() -> String {
+    "localhost:10993".into()
+}
+fn default_client_smtp() -> String {
+    "localhost:10465".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -674,6 +754,19 @@ impl Config {
         }
         if self.smtp.max_header_bytes < 1024 {
             problems.push("[smtp] max_header_bytes must be at least 1024".to_string());
+        }
+        if let Some(portal) = &self.portal {
+            if !portal.public_url.starts_with("https://") {
+                problems.push(format!(
+                    "[portal] public_url {:?} must start with https://",
+                    portal.public_url
+                ));
+            }
+            if self.upstream.imap.is_none() {
+                problems.push(
+                    "[portal] sign_in = \"upstream\" needs an [upstream.imap] section".to_string(),
+                );
+            }
         }
         if self.limits.max_line < 1024 {
             problems.push("[limits] max_line must be at least 1024".to_string());

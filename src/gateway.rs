@@ -15,7 +15,7 @@ use crate::config::{Config, Limits, NetworkConfig, SmtpConfig};
 use crate::imap::warm::WarmConnections;
 use crate::limits::penalty::MemoryPenalties;
 use crate::limits::quota::{MemoryQuotas, QuotaLimits};
-use crate::limits::Quotas;
+use crate::limits::{Penalties, Quotas};
 use crate::net::caps::{AddressCaps, SessionCaps};
 use crate::net::stream::Stream;
 use crate::ops::audit::AuditWriter;
@@ -56,6 +56,10 @@ pub struct Gateway {
     /// Swapped by [`Gateway::reload`]; read once per handshake.
     server_tls: RwLock<Arc<rustls::ServerConfig>>,
     pub verifier: Verifier,
+    /// Login penalties, shared by the verifier and the portal's sign-in.
+    pub penalties: Arc<dyn Penalties>,
+    /// Live app passwords a user may hold (`[auth] max_app_passwords`).
+    pub max_app_passwords: u32,
     pub sessions: Arc<LiveSessions>,
     pub metrics: Arc<Metrics>,
     pub store: Store,
@@ -103,6 +107,9 @@ impl Gateway {
         let metrics = Metrics::new();
         let hasher = password_hasher(config)?.with_histogram(metrics.password_hash_seconds.clone());
         let audit = AuditWriter::start(store.clone(), &metrics, config.store.audit_queue);
+        let penalties: Arc<dyn Penalties> = Arc::new(MemoryPenalties::new(
+            config.network.trusted_networks.clone(),
+        ));
         let verifier = Verifier::new(
             store.clone(),
             hasher,
@@ -111,9 +118,7 @@ impl Gateway {
             VerifierOptions {
                 cache_ttl: config.auth.cache_ttl,
                 cache_capacity: config.auth.cache_capacity,
-                penalties: Arc::new(MemoryPenalties::new(
-                    config.network.trusted_networks.clone(),
-                )),
+                penalties: penalties.clone(),
             },
         )
         .await?;
@@ -136,6 +141,8 @@ impl Gateway {
             smtp_capabilities: CapabilityCache::new(config.smtp.capabilities_refresh),
             server_tls: RwLock::new(server_tls),
             verifier,
+            penalties,
+            max_app_passwords: config.auth.max_app_passwords,
             sessions: LiveSessions::new(),
             metrics,
             store,

@@ -28,6 +28,8 @@
 //! - [`store`] keeps users, app passwords, the change feed and the audit trail in SQLite or
 //!   PostgreSQL; [`accounts`] is what the CLI (and later the portal) does with them;
 //!   [`ops`] has the metrics, the HTTP endpoint and the audit queue in front of the store.
+//! - [`portal`] is where users sign in, pass a second factor and make their own app
+//!   passwords, over HTTPS on the same certificate.
 //! - [`config`], [`protocol`] and [`clock`] are the leaves everything reads.
 
 pub mod accounts;
@@ -39,6 +41,7 @@ pub mod imap;
 pub mod limits;
 pub mod net;
 pub mod ops;
+pub mod portal;
 pub mod protocol;
 pub mod sasl;
 pub mod server;

@@ -86,6 +86,9 @@ enum UserCommand {
     Enable { login: String },
     /// Remove a user and all their app passwords.
     Remove { login: String },
+    /// Forget the user's second factors (TOTP, recovery codes) and sign their browsers
+    /// out of the portal; they set up a new one at their next sign-in.
+    ResetMfa { login: String },
 }
 
 #[derive(Subcommand)]
@@ -233,9 +236,9 @@ async fn serve(config: Config, path: &std::path::Path) -> Result<ExitCode> {
     let store = open_store(&config).await?;
     store.migrate().await.context("migrating the store")?;
     let gateway = Gateway::new(&config, store).await?;
-    let (listeners, http) = server::bind(&config).await?;
+    let bound = server::bind(&config).await?;
     tokio::spawn(reload_on_hangup(gateway.clone(), path.to_owned()));
-    server::run(gateway, listeners, Some(http), shutdown_signal()).await;
+    server::run(gateway, bound, shutdown_signal()).await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -370,6 +373,10 @@ async fn user(config: &Config, command: UserCommand) -> Result<ExitCode> {
             .set_disabled(&login, false)
             .await
             .map(|user| println!("enabled {}", user.login)),
+        UserCommand::ResetMfa { login } => accounts
+            .reset_mfa(&login)
+            .await
+            .map(|user| println!("second factors of {} reset", user.login)),
         UserCommand::Remove { login } => accounts
             .remove_user(&login)
             .await

@@ -9,21 +9,30 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::changes;
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig, PortalConfig};
 use crate::gateway::{Gateway, ServeError};
 use crate::imap::warm;
 use crate::net::listener;
 use crate::ops::http;
+use crate::portal::{self, Portal};
 
 /// At shutdown, the audit queue is written within what remains of the grace once the
 /// sessions have ended, and at least this long.
 pub const AUDIT_FLUSH_MINIMUM: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Binds every configured listener and the HTTP endpoint.
-pub async fn bind(
-    config: &Config,
-) -> Result<(Vec<(ListenerConfig, TcpListener)>, TcpListener), ServeError> {
-    let mut bound = Vec::new();
+/// The sockets postern serves on, bound by [`bind`] (or by a test, on port 0).
+pub struct Bound {
+    /// The mail listeners.
+    pub listeners: Vec<(ListenerConfig, TcpListener)>,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub http: Option<TcpListener>,
+    /// The self-service portal, when `[portal]` is configured.
+    pub portal: Option<(PortalConfig, TcpListener)>,
+}
+
+/// Binds every configured listener, the HTTP endpoint and the portal.
+pub async fn bind(config: &Config) -> Result<Bound, ServeError> {
+    let mut listeners = Vec::new();
     for listener in &config.listeners {
         let socket = TcpListener::bind(listener.bind)
             .await
@@ -32,7 +41,7 @@ pub async fn bind(
                 address: listener.bind,
                 source,
             })?;
-        bound.push((listener.clone(), socket));
+        listeners.push((listener.clone(), socket));
     }
     let http = TcpListener::bind(config.http.bind)
         .await
@@ -41,18 +50,36 @@ pub async fn bind(
             address: config.http.bind,
             source,
         })?;
-    Ok((bound, http))
+    let portal = match &config.portal {
+        Some(portal) => {
+            let socket =
+                TcpListener::bind(portal.bind)
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        what: "[portal]".into(),
+                        address: portal.bind,
+                        source,
+                    })?;
+            Some((portal.clone(), socket))
+        }
+        None => None,
+    };
+    Ok(Bound {
+        listeners,
+        http: Some(http),
+        portal,
+    })
 }
 
 /// Serves until `shutdown` completes, then stops accepting, closes sessions, writes the
 /// queued audit events (within what is left of the grace, at least
 /// [`AUDIT_FLUSH_MINIMUM`]) and returns once every session task has ended.
-pub async fn run(
-    gateway: Arc<Gateway>,
-    listeners: Vec<(ListenerConfig, TcpListener)>,
-    http: Option<TcpListener>,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn run(gateway: Arc<Gateway>, bound: Bound, shutdown: impl Future<Output = ()>) {
+    let Bound {
+        listeners,
+        http,
+        portal,
+    } = bound;
     // Connections (accept loops and sessions) drain within the grace; the services
     // (metrics endpoint, change follower) keep running until the end.
     let tasks = TaskTracker::new();
@@ -67,6 +94,17 @@ pub async fn run(
             gateway.clone(),
             tasks.clone(),
         ));
+    }
+    if let Some((config, socket)) = portal {
+        match Portal::new(gateway.clone(), config).await {
+            Ok(portal) => {
+                if let Ok(address) = socket.local_addr() {
+                    tracing::info!(%address, "portal on https");
+                }
+                tasks.spawn(portal::serve(portal, socket, tasks.clone()));
+            }
+            Err(error) => tracing::error!(%error, "the portal cannot start"),
+        }
     }
     if let Some(http) = http {
         let http_gateway = gateway.clone();

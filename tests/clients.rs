@@ -108,7 +108,7 @@ fn message(n: usize, size: usize) -> Vec<u8> {
     let mut line = 0usize;
     while m.len() < size {
         line += 1;
-        if line % 50 == 0 {
+        if line.is_multiple_of(50) {
             m.extend_from_slice("Grüße aus Köln, naïve café, Ελληνικά, 日本語 ✓\r\n".as_bytes());
             continue;
         }

@@ -216,6 +216,41 @@ pub async fn login(
     Ok((log_in(greeted, upstream, request).await?, connect_time))
 }
 
+/// Whether the upstream accepts `password` as `user`'s own (the portal's sign-in with the
+/// primary password): LOGIN as the user, then LOGOUT. `Ok(false)` is the upstream's NO;
+/// the password is never stored, cached or logged.
+pub async fn check_password(
+    upstream: &Upstream,
+    user: &str,
+    password: &Secret<String>,
+) -> Result<bool, UpstreamError> {
+    let Greeted { mut conn, .. } = connect(upstream).await?;
+    let secret = password.expose();
+    let quotable =
+        secret.len() <= MAX_ID_VALUE && secret.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if quotable {
+        let command = Secret::new(format!("s1 LOGIN {} {}\r\n", quoted(user), quoted(secret)));
+        conn.send(command.expose().as_bytes(), "sign-in").await?;
+    } else {
+        // Anything else goes as a literal, byte for byte.
+        let command = format!("s1 LOGIN {} {{{}}}\r\n", quoted(user), secret.len());
+        conn.send(command.as_bytes(), "sign-in").await?;
+        conn.expect_continuation().await?;
+        let line = Secret::new(format!("{secret}\r\n"));
+        conn.send(line.expose().as_bytes(), "sign-in").await?;
+    }
+    let reply = conn.read_tagged("s1", "sign-in").await?;
+    let accepted = match reply.status {
+        Status::Ok => true,
+        Status::No => false,
+        Status::Bad => return Err(UpstreamError::Protocol { phase: "sign-in" }),
+    };
+    if accepted {
+        let _ = conn.command("s2", b"s2 LOGOUT\r\n", "LOGOUT").await;
+    }
+    Ok(accepted)
+}
+
 /// The ID command that tells the upstream who the real client is. Dovecot honours the
 /// x-originating fields from hosts in its `login_trusted_networks`.
 fn id_command(tag: &str, request: &LoginRequest<'_>) -> String {

@@ -16,8 +16,8 @@ use crate::protocol::Protocol;
 /// Connections held per (listener, address group).
 pub type AddressCaps = Caps<(Arc<str>, IpAddr)>;
 
-/// Logged-in sessions held per (protocol, address group, login).
-pub type SessionCaps = Caps<(Protocol, IpAddr, String)>;
+/// Logged-in sessions held per (protocol, address group, user id).
+pub type SessionCaps = Caps<(Protocol, IpAddr, i64)>;
 
 /// Open slots by key, each key allowed at most `max`.
 #[derive(Debug)]
@@ -101,14 +101,14 @@ impl AddressCaps {
 }
 
 impl SessionCaps {
-    /// A slot for a session of `login` (canonical) over `protocol` from `client`.
+    /// A slot for a session of the user `user_id` over `protocol` from `client`.
     pub fn admit_session(
         self: &Arc<Self>,
         protocol: Protocol,
         client: IpAddr,
-        login: &str,
-    ) -> Option<Admitted<(Protocol, IpAddr, String)>> {
-        self.admit(client, (protocol, address_group(client), login.to_string()))
+        user_id: i64,
+    ) -> Option<Admitted<(Protocol, IpAddr, i64)>> {
+        self.admit(client, (protocol, address_group(client), user_id))
     }
 }
 
@@ -177,15 +177,15 @@ mod tests {
     fn a_login_gets_its_share_per_address_and_protocol() {
         let caps = SessionCaps::new(2, vec![]);
         let nat: IpAddr = "192.0.2.1".parse().unwrap();
-        let _a = caps.admit_session(Protocol::Imap, nat, "alice").unwrap();
-        let b = caps.admit_session(Protocol::Imap, nat, "alice").unwrap();
-        assert!(caps.admit_session(Protocol::Imap, nat, "alice").is_none());
-        assert!(caps.admit_session(Protocol::Imap, nat, "bob").is_some());
-        assert!(caps.admit_session(Protocol::Smtp, nat, "alice").is_some());
+        let _a = caps.admit_session(Protocol::Imap, nat, 1).unwrap();
+        let b = caps.admit_session(Protocol::Imap, nat, 1).unwrap();
+        assert!(caps.admit_session(Protocol::Imap, nat, 1).is_none());
+        assert!(caps.admit_session(Protocol::Imap, nat, 2).is_some());
+        assert!(caps.admit_session(Protocol::Smtp, nat, 1).is_some());
         assert!(caps
-            .admit_session(Protocol::Imap, "192.0.2.2".parse().unwrap(), "alice")
+            .admit_session(Protocol::Imap, "192.0.2.2".parse().unwrap(), 1)
             .is_some());
         drop(b);
-        assert!(caps.admit_session(Protocol::Imap, nat, "alice").is_some());
+        assert!(caps.admit_session(Protocol::Imap, nat, 1).is_some());
     }
 }

@@ -135,7 +135,7 @@ impl CredentialEnd {
 }
 
 /// A session's place under the per-login cap (`max_sessions_per_user_ip`).
-pub type SessionSlot = Admitted<(Protocol, std::net::IpAddr, String)>;
+pub type SessionSlot = Admitted<(Protocol, std::net::IpAddr, i64)>;
 
 /// A session past login: counted in `postern_sessions_active` and registered for
 /// revocation until dropped.

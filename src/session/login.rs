@@ -70,7 +70,7 @@ where
     let Some(slot) =
         gateway
             .session_caps
-            .admit_session(attempt.protocol, attempt.client.ip(), &grant.login)
+            .admit_session(attempt.protocol, attempt.client.ip(), grant.user_id)
     else {
         tracing::info!(login = ?grant.login, "too many sessions for the login from this address (max_sessions_per_user_ip)");
         verifier.record(attempt, "session_limit", Some(grant.app_password_id));

@@ -20,17 +20,31 @@ use super::Backend;
 /// to four digits.
 type Embedded = (i64, &'static str, &'static str);
 
-const SQLITE: &[Embedded] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/sqlite/0001_initial.sql"),
-)];
+const SQLITE: &[Embedded] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "portal",
+        include_str!("../../migrations/sqlite/0002_portal.sql"),
+    ),
+];
 
-const POSTGRES: &[Embedded] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/postgres/0001_initial.sql"),
-)];
+const POSTGRES: &[Embedded] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "portal",
+        include_str!("../../migrations/postgres/0002_portal.sql"),
+    ),
+];
 
 /// The embedded migrations of one backend, as a sqlx [`MigrationSource`].
 #[derive(Debug)]

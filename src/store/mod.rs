@@ -18,6 +18,7 @@ mod audit;
 mod changes;
 mod migrations;
 mod model;
+mod portal;
 mod users;
 
 use std::collections::HashMap;
@@ -34,6 +35,8 @@ pub use model::{
     AppPassword, AuditEvent, AuditRecord, Change, Credential, NewAppPassword, NewUser, Scope,
     UnknownScope, User,
 };
+
+pub use portal::{PortalSession, TotpRecord};
 
 use model::{scopes_from_column, scopes_to_column};
 

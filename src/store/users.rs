@@ -137,6 +137,9 @@ impl Store {
         for statement in [
             "DELETE FROM user_addresses WHERE user_id = $1",
             "DELETE FROM app_passwords WHERE user_id = $1",
+            "DELETE FROM portal_sessions WHERE user_id = $1",
+            "DELETE FROM totp_secrets WHERE user_id = $1",
+            "DELETE FROM recovery_codes WHERE user_id = $1",
             "DELETE FROM users WHERE id = $1",
         ] {
             sqlx::query(statement)

@@ -162,6 +162,8 @@ pub struct Postern {
     pub submission: SocketAddr,
     /// /metrics, /healthz, /readyz.
     pub http: SocketAddr,
+    /// The portal, when the config has `[portal]` (`Options::extra_config`).
+    pub portal: Option<SocketAddr>,
     /// The CA that issued postern's certificate (for "localhost").
     pub ca_path: PathBuf,
     pub config_path: PathBuf,
@@ -321,20 +323,29 @@ proxy_sources = {proxy_sources}
         let http_socket = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
         let http = http_socket.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(
-            gateway.clone(),
+        let portal = match &config.portal {
+            Some(portal) => {
+                let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind portal");
+                Some((portal.clone(), socket))
+            }
+            None => None,
+        };
+        let portal_address = portal.as_ref().map(|(_, s)| s.local_addr().unwrap());
+        let bound = server::Bound {
             listeners,
-            Some(http_socket),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+            http: Some(http_socket),
+            portal,
+        };
+        let task = tokio::spawn(server::run(gateway.clone(), bound, async {
+            let _ = stopped.await;
+        }));
         Postern {
             imaps,
             imap,
             smtps,
             submission,
             http,
+            portal: portal_address,
             ca_path: ca.ca_path.clone(),
             config_path,
             config,

@@ -1,0 +1,142 @@
+//! The self-service portal: an HTTPS listener in the same binary, on the `[tls]`
+//! certificate, where users sign in with their primary password ([`sign_in`]), set up and
+//! pass a second factor ([`mfa`]), and create, see and revoke their own app passwords
+//! ([`app_passwords`]) through the same account use cases as the CLI. Pages are rendered
+//! on the server ([`pages`]) in English or Japanese ([`i18n`]); [`browser`] says who a
+//! request comes from (session cookie, CSRF token, language).
+//!
+//! Routes: `GET /`, `POST /sign-in`, `GET /mfa`, `POST /mfa/verify`, `GET /app-passwords`,
+//! `POST /app-passwords`, `POST /app-passwords/{id}/revoke`,
+//! `POST /app-passwords/revoke-all`, `POST /sign-out`; a device is set up in one step from
+//! [`device`]: Thunderbird's autoconfig and Outlook's autodiscover.
+
+pub mod app_passwords;
+pub mod browser;
+pub mod device;
+pub mod i18n;
+pub mod mfa;
+pub mod pages;
+pub mod sign_in;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+
+use crate::accounts::{Accounts, AdminError};
+use crate::config::PortalConfig;
+use crate::gateway::Gateway;
+
+/// Longest form a browser may post.
+const MAX_FORM: usize = 16 * 1024;
+
+/// What every portal request shares.
+pub struct Portal {
+    pub gateway: Arc<Gateway>,
+    pub config: PortalConfig,
+    pub accounts: Accounts,
+}
+
+/// The client's address, as the connection's task saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl Portal {
+    /// The portal over `gateway`'s services.
+    pub async fn new(gateway: Arc<Gateway>, config: PortalConfig) -> Result<Arc<Self>, AdminError> {
+        let accounts = Accounts::new(
+            gateway.store.clone(),
+            gateway.verifier.hasher().clone(),
+            gateway.max_app_passwords,
+        )
+        .await?;
+        Ok(Arc::new(Self {
+            gateway,
+            config,
+            accounts,
+        }))
+    }
+
+    /// Every route.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/", get(app_passwords::home))
+            .route("/sign-in", post(sign_in::sign_in))
+            .route("/sign-out", post(sign_in::sign_out))
+            .route("/mfa", get(mfa::page))
+            .route("/mfa/verify", post(mfa::verify))
+            .route(
+                "/app-passwords",
+                get(app_passwords::list).post(app_passwords::create),
+            )
+            .route("/app-passwords/revoke-all", post(app_passwords::revoke_all))
+            .route("/app-passwords/{id}/revoke", post(app_passwords::revoke))
+            .route(
+                "/.well-known/autoconfig/mail/config-v1.1.xml",
+                get(device::autoconfig),
+            )
+            .route("/mail/config-v1.1.xml", get(device::autoconfig))
+            .route("/autodiscover/autodiscover.xml", post(device::autodiscover))
+            .route("/Autodiscover/Autodiscover.xml", post(device::autodiscover))
+            .fallback(pages::not_found)
+            .layer(DefaultBodyLimit::max(MAX_FORM))
+            .with_state(self.clone())
+    }
+}
+
+/// Accepts browsers until the gateway drains; each connection's TLS handshake and HTTP
+/// run in a task of its own, under `tasks`.
+pub async fn serve(portal: Arc<Portal>, listener: TcpListener, tasks: TaskTracker) {
+    let router = portal.router();
+    let drain = portal.gateway.drain.clone();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = drain.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "portal: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        tasks.spawn(connection(portal.clone(), router.clone(), tcp, peer));
+    }
+}
+
+/// One browser connection: TLS, then HTTP/1.1 until it closes or the gateway stops.
+async fn connection(portal: Arc<Portal>, router: Router, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let gateway = &portal.gateway;
+    let stream = match gateway.accept_tls(tcp).await {
+        Ok(stream) => stream,
+        Err(why) => {
+            tracing::debug!(client = %peer, reason = why, "portal connection dropped");
+            return;
+        }
+    };
+    let service = TowerToHyperService::new(router.layer(Extension(ClientAddr(peer))));
+    let http = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(gateway.limits.preauth_idle_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut http = std::pin::pin!(http);
+    tokio::select! {
+        result = http.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(client = %peer, %error, "portal connection ended");
+            }
+        }
+        () = gateway.drain.cancelled() => {
+            http.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(gateway.shutdown_grace, http).await;
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The portal's pages, compiled from `templates/` (askama: checked at build time, every
+//! value escaped), and the posted forms they send back.
+
+use askama::Template;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+
+use super::i18n::{self, Messages};
+
+/// The sign-in page.
+#[derive(Template)]
+#[template(path = "sign_in.html")]
+pub struct SignInPage<'a> {
+    pub t: &'static Messages,
+    pub csrf: &'a str,
+    pub signed_in: bool,
+    pub login: &'a str,
+    pub error: Option<&'static str>,
+    pub notice: Option<&'static str>,
+}
+
+/// What the TOTP set-up shows.
+pub struct TotpSetup {
+    /// Base32, as authenticator apps take it typed.
+    pub secret: String,
+    /// The otpauth URL as an inline SVG QR code.
+    pub qr_svg: String,
+}
+
+/// The second-factor page: set-up (QR code and key) or verification.
+#[derive(Template)]
+#[template(path = "mfa.html")]
+pub struct MfaPage<'a> {
+    pub t: &'static Messages,
+    pub csrf: &'a str,
+    pub signed_in: bool,
+    pub setup: Option<TotpSetup>,
+    pub error: Option<&'static str>,
+}
+
+/// The recovery codes, shown once.
+#[derive(Template)]
+#[template(path = "recovery.html")]
+pub struct RecoveryPage<'a> {
+    pub t: &'static Messages,
+    pub csrf: &'a str,
+    pub signed_in: bool,
+    pub codes: Vec<String>,
+}
+
+/// One app password in the list.
+pub struct Row {
+    pub id: i64,
+    pub name: String,
+    pub scopes: String,
+    pub created: String,
+    pub last_used: String,
+    pub expires: String,
+    pub live: bool,
+    /// Revoked or expired, when not live.
+    pub state: &'static str,
+}
+
+/// A password just created, shown once.
+pub struct NewPassword {
+    pub name: String,
+    /// In groups, as typed: `abcd efgh ijkl mnop`.
+    pub password: String,
+    /// Without spaces, for the Copy button.
+    pub compact: String,
+}
+
+/// The app passwords page: the list, the create form, and a new password once.
+#[derive(Template)]
+#[template(path = "app_passwords.html")]
+pub struct AppPasswordsPage<'a> {
+    pub t: &'static Messages,
+    pub csrf: &'a str,
+    pub signed_in: bool,
+    pub login: &'a str,
+    pub rows: Vec<Row>,
+    pub new_password: Option<NewPassword>,
+    pub error: Option<&'static str>,
+    pub imap: &'a str,
+    pub smtp: &'a str,
+}
+
+/// A page that only says something went wrong.
+#[derive(Template)]
+#[template(path = "message.html")]
+pub struct MessagePage<'a> {
+    pub t: &'static Messages,
+    pub csrf: &'a str,
+    pub signed_in: bool,
+    pub message: &'static str,
+}
+
+/// Renders a page; a template failure is logged and answered with a plain 500.
+pub fn render(status: StatusCode, page: &impl Template) -> Response {
+    match page.render() {
+        Ok(html) => (
+            status,
+            [
+                (header::CACHE_CONTROL, "no-store"),
+                (header::VARY, "Accept-Language, Cookie"),
+            ],
+            Html(html),
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, "portal: a page did not render");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// The page for a failure of postern's own (the store, a template): try later.
+pub fn failure(t: &'static Messages) -> Response {
+    message(t, StatusCode::INTERNAL_SERVER_ERROR, t.error)
+}
+
+/// A form without the right CSRF token.
+pub fn forbidden(t: &'static Messages) -> Response {
+    message(t, StatusCode::FORBIDDEN, t.forbidden)
+}
+
+/// A page that says `text` with `status`.
+pub fn message(t: &'static Messages, status: StatusCode, text: &'static str) -> Response {
+    render(
+        status,
+        &MessagePage {
+            t,
+            csrf: "",
+            signed_in: false,
+            message: text,
+        },
+    )
+}
+
+/// Any other path.
+pub async fn not_found(headers: axum::http::HeaderMap) -> Response {
+    let t = i18n::negotiate(
+        None,
+        headers
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    message(t, StatusCode::NOT_FOUND, t.not_found)
+}
+
+/// A posted form (`application/x-www-form-urlencoded`); a field may repeat.
+pub struct Fields(Vec<(String, String)>);
+
+impl Fields {
+    pub fn parse(body: &[u8]) -> Self {
+        Fields(form_urlencoded::parse(body).into_owned().collect())
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Every value of `name`, in order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// A time for people: `2026-12-07 14:03 UTC`.
+pub fn time(unix: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    let text = humantime::format_rfc3339_seconds(at).to_string();
+    format!("{} {} UTC", &text[..10], &text[11..16])
+}

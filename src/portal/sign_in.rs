@@ -1,0 +1,182 @@
+//! Signing in with the primary password (`sign_in = "upstream"`: postern logs in to the
+//! upstream IMAP server as the user, then out; the password is never stored, cached or
+//! logged) and signing out. An unknown user and a wrong password get the same refusal;
+//! failed sign-ins earn the same penalties as IMAP and SMTP logins, per address and login.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+
+use super::browser::Browser;
+use super::pages::{self, Fields, SignInPage};
+use super::Portal;
+use crate::auth::{password, Secret};
+use crate::clock::now;
+use crate::imap;
+use crate::ops::audit;
+
+/// How the upstream answered a sign-in.
+enum Checked {
+    Accepted,
+    Refused,
+    Unavailable,
+}
+
+/// `POST /sign-in`: `login`, `password`, `csrf`.
+pub async fn sign_in(
+    State(portal): State<Arc<Portal>>,
+    mut browser: Browser,
+    body: Bytes,
+) -> Response {
+    let form = Fields::parse(&body);
+    let t = browser.t;
+    if !browser.csrf_ok(form.get("csrf")) {
+        return (browser.jar, pages::forbidden(t)).into_response();
+    }
+    let typed_login = form.get("login").unwrap_or("").trim().to_string();
+    let password = Secret::new(form.get("password").unwrap_or("").to_string());
+    let login = password::normalize_login(&typed_login);
+    let page = |browser: &Browser, error| {
+        pages::render(
+            StatusCode::OK,
+            &SignInPage {
+                t,
+                csrf: &browser.csrf,
+                signed_in: false,
+                login: &typed_login,
+                error: Some(error),
+                notice: None,
+            },
+        )
+    };
+    if login.is_empty() || password.expose().is_empty() || login.len() > 256 {
+        let response = page(&browser, t.sign_in_refused);
+        return (browser.jar, response).into_response();
+    }
+    let gateway = &portal.gateway;
+    let ip = browser.client.ip();
+    if gateway.penalties.blocked_for(ip, &login).await.is_some() {
+        record(&portal, &login, &browser, "rate_limited");
+        let response = page(&browser, t.try_later);
+        return (browser.jar, response).into_response();
+    }
+    let user = match gateway.store.user(&login).await {
+        Ok(user) => user,
+        Err(error) => {
+            tracing::warn!(%error, "portal: cannot look the user up");
+            return (browser.jar, pages::failure(t)).into_response();
+        }
+    };
+    // An unknown login is checked upstream all the same: a refusal takes as long either way.
+    let upstream_user = user
+        .as_ref()
+        .map_or(login.as_str(), |user| user.upstream_user.as_str());
+    let checked = check_upstream(&portal, upstream_user, &password).await;
+    let digest = gateway.verifier.lookup_key().cache_key(&login, &password);
+    drop(password);
+    let user = match (checked, user) {
+        (Checked::Accepted, Some(user)) if user.disabled_at.is_none() => user,
+        (Checked::Unavailable, _) => {
+            record(&portal, &login, &browser, "upstream_unavailable");
+            let response = page(&browser, t.try_later);
+            return (browser.jar, response).into_response();
+        }
+        (checked, user) => {
+            let result = match (&checked, &user) {
+                (_, None) => "unknown_user",
+                (Checked::Accepted, Some(_)) => "disabled",
+                _ => "bad_password",
+            };
+            if matches!(checked, Checked::Refused) {
+                let delay = gateway.penalties.failed(ip, &login, digest).await;
+                tokio::time::sleep(delay).await;
+            }
+            record(&portal, &login, &browser, result);
+            let response = page(&browser, t.sign_in_refused);
+            return (browser.jar, response).into_response();
+        }
+    };
+    gateway.penalties.succeeded(ip, &login).await;
+    let (token_hash, csrf) = browser.begin_session();
+    let at = now();
+    let expires_at = at + portal.config.session_lifetime.as_secs() as i64;
+    if let Err(error) = gateway
+        .store
+        .create_portal_session(&token_hash, user.id, &csrf, at, expires_at)
+        .await
+    {
+        tracing::warn!(%error, "portal: cannot store the session");
+        return pages::failure(t);
+    }
+    record(&portal, &login, &browser, "ok");
+    let next = if portal.config.require_mfa {
+        "/mfa"
+    } else {
+        "/app-passwords"
+    };
+    (browser.jar, Redirect::to(next)).into_response()
+}
+
+/// LOGIN and LOGOUT upstream as the user, within the upstream's reply timeout.
+async fn check_upstream(portal: &Portal, user: &str, password: &Secret<String>) -> Checked {
+    let Some(upstream) = portal.gateway.imap_upstream() else {
+        return Checked::Unavailable;
+    };
+    match imap::upstream::check_password(&upstream, user, password).await {
+        Ok(true) => Checked::Accepted,
+        Ok(false) => Checked::Refused,
+        Err(error) => {
+            tracing::warn!(%error, "portal: the upstream cannot check a sign-in");
+            Checked::Unavailable
+        }
+    }
+}
+
+/// One log line and one audit event per sign-in attempt.
+fn record(portal: &Portal, login: &str, browser: &Browser, result: &'static str) {
+    let client_ip = browser.client.ip();
+    let login_shown: String = login.chars().take(256).collect();
+    if result == "ok" {
+        tracing::info!(login = ?login_shown, %client_ip, result, "portal sign-in");
+    } else {
+        tracing::warn!(login = ?login_shown, %client_ip, result, "portal sign-in failed");
+    }
+    portal.gateway.audit.record(audit::Event {
+        at: now(),
+        kind: "portal_sign_in",
+        login: login.to_string(),
+        app_password_id: None,
+        protocol: None,
+        client_ip: Some(client_ip.to_string()),
+        client_id: None,
+        result: Some(result),
+        detail: None,
+    });
+}
+
+/// `POST /sign-out`: ends the session here and in the store.
+pub async fn sign_out(
+    State(portal): State<Arc<Portal>>,
+    mut browser: Browser,
+    body: Bytes,
+) -> Response {
+    let form = Fields::parse(&body);
+    if !browser.csrf_ok(form.get("csrf")) {
+        return pages::forbidden(browser.t);
+    }
+    if let Some((token_hash, _)) = &browser.session {
+        if let Err(error) = portal
+            .gateway
+            .store
+            .end_portal_session(token_hash, now())
+            .await
+        {
+            tracing::warn!(%error, "portal: cannot end the session");
+        }
+    }
+    browser.end_session();
+    (browser.jar, Redirect::to("/")).into_response()
+}

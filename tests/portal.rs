@@ -1,0 +1,275 @@
+//! The self-service portal end to end: a person in a real browser (Debian's chromium,
+//! headless, through chromedriver and selenium: `tests/portal/browser.py`) signs in with
+//! the primary password that the real Dovecot checks, sets up TOTP, keeps the recovery
+//! codes, creates an app password, copies it, and that password then logs in over IMAP
+//! through postern. Forms without the CSRF token are refused; a wrong password and an
+//! unknown user get the same answer; `postern user reset-mfa` makes the user set up anew.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::imap_client::ImapClient;
+use support::postern::{logged_lines, remember_secrets, Options, Postern};
+use support::Dovecot;
+
+const PRIMARY_PASSWORD: &str = "alice-direct-password";
+
+/// Dovecot with alice, postern with the portal and user alice@example.test.
+async fn setup() -> (Dovecot, Postern) {
+    let dovecot = Dovecot::start();
+    dovecot.add_user("alice", PRIMARY_PASSWORD);
+    remember_secrets([PRIMARY_PASSWORD.to_string()]);
+    let postern = Postern::start_with(
+        &dovecot,
+        Options {
+            extra_config: "[portal]\nbind = \"127.0.0.1:0\"\n\
+                           [portal.client_settings]\nimap = \"mail.example.test:993\"\n\
+                           smtp = \"mail.example.test:465\"\n"
+                .to_string(),
+            ..Options::default()
+        },
+    )
+    .await;
+    postern.add_user("alice@example.test", "alice").await;
+    (dovecot, postern)
+}
+
+fn base_url(postern: &Postern) -> String {
+    let port = postern.portal.expect("the portal listens").port();
+    format!("https://localhost:{port}")
+}
+
+/// `curl` against the portal: `args` then the path; returns (status, headers and body).
+fn curl(postern: &Postern, args: &[&str], path: &str) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "-i", "--cacert"])
+        .arg(&postern.ca_path)
+        .args(args)
+        .arg(format!("{}{path}", base_url(postern)))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+fn screenshots() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("portal-screenshots")
+}
+
+/// The whole flow in chromium; the app password it created logs in over IMAP.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_signs_in_sets_up_totp_and_gets_an_app_password_in_a_browser() {
+    let (_dovecot, postern) = setup().await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/portal/browser.py");
+    // Debian's python3, which has python3-selenium (a pyenv one may come first on PATH).
+    let output = tokio::process::Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(base_url(&postern))
+        .arg("alice@example.test")
+        .arg(PRIMARY_PASSWORD)
+        .arg(screenshots())
+        .output()
+        .await
+        .expect("run python3");
+    assert!(
+        output.status.success(),
+        "browser.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("browser.py prints JSON");
+    let field = |name: &str| result[name].as_str().unwrap_or_default().to_string();
+
+    assert_eq!(
+        field("wrong_password"),
+        "The email address or password is not right."
+    );
+    let shown = field("shown");
+    remember_secrets([shown.clone()]);
+    for code in result["recovery_codes"].as_array().unwrap() {
+        remember_secrets([code.as_str().unwrap().to_string()]);
+    }
+    assert_eq!(shown.len(), 19, "four groups of four: {shown}");
+    assert_eq!(
+        field("copied"),
+        shown.replace(' ', ""),
+        "Copy put it on the clipboard"
+    );
+    assert_eq!(field("copy_button_after"), "Copied");
+    assert!(field("listed").contains("Outlook on the office PC"));
+    assert_eq!(field("japanese_title"), "アプリパスワード");
+    assert_eq!(
+        field("replayed_code"),
+        "コードが正しくないか、すでに使用されています。次のコードをお試しください。"
+    );
+    assert_eq!(field("after_recovery_code"), "アプリパスワード");
+
+    // The new app password works in a mail client.
+    let (mut client, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    let login = client
+        .command("a1", &format!("LOGIN alice@example.test \"{shown}\""))
+        .await;
+    assert!(login.last().unwrap().starts_with("a1 OK"), "{login:?}");
+
+    // Every sign-in is in the audit trail, the failed one too.
+    let audit = postern.cli(&["audit", "--user", "alice@example.test", "--json"]);
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(audit.contains("portal_sign_in"), "{audit}");
+    assert!(audit.contains("bad_password"), "{audit}");
+    assert!(audit.contains("app_password_created"), "{audit}");
+    postern.stop().await;
+}
+
+/// Every form needs its CSRF token; a wrong password and an unknown user are answered
+/// alike; the sign-in page follows Accept-Language.
+#[tokio::test(flavor = "multi_thread")]
+async fn forms_need_their_token_and_refusals_say_nothing_more() {
+    let (_dovecot, postern) = setup().await;
+    let (status, page) = curl(&postern, &["-H", "Accept-Language: ja,en;q=0.5"], "/");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("lang=\"ja\""), "{page}");
+    assert!(page.contains("サインイン"), "{page}");
+
+    let jar = tempfile::NamedTempFile::new().unwrap();
+    let jar = jar.path().to_str().unwrap().to_string();
+    let (_, page) = curl(&postern, &["-c", &jar], "/");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the form carries a token")
+        .to_string();
+
+    for path in [
+        "/sign-in",
+        "/mfa/verify",
+        "/app-passwords",
+        "/app-passwords/revoke-all",
+        "/sign-out",
+    ] {
+        let (status, _) = curl(
+            &postern,
+            &["-b", &jar, "-d", "login=alice@example.test&password=x"],
+            path,
+        );
+        assert_eq!(status, 403, "{path} without a token");
+    }
+
+    let attempt = |login: &str, password: &str| {
+        curl(
+            &postern,
+            &[
+                "-b",
+                &jar,
+                "--data-urlencode",
+                &format!("csrf={csrf}"),
+                "--data-urlencode",
+                &format!("login={login}"),
+                "--data-urlencode",
+                &format!("password={password}"),
+            ],
+            "/sign-in",
+        )
+    };
+    let (wrong_status, wrong) = attempt("alice@example.test", "wrong-password");
+    let (unknown_status, unknown) = attempt("nobody@example.test", "wrong-password");
+    assert_eq!((wrong_status, unknown_status), (200, 200));
+    let error = |page: &str| {
+        page.split("id=\"error\">")
+            .nth(1)
+            .and_then(|rest| rest.split('<').next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(error(&wrong), "The email address or password is not right.");
+    assert_eq!(error(&wrong), error(&unknown));
+    assert!(
+        !wrong.contains("__Host-postern="),
+        "no session for a refusal"
+    );
+
+    let (status, signed_in) = attempt("alice@example.test", PRIMARY_PASSWORD);
+    assert_eq!(status, 303, "{signed_in}");
+    assert!(signed_in.contains("location: /mfa"), "{signed_in}");
+    assert!(signed_in.contains("__Host-postern="), "{signed_in}");
+
+    let (status, _) = curl(&postern, &[], "/no-such-page");
+    assert_eq!(status, 404);
+    assert!(!logged_lines("portal sign-in").is_empty());
+    postern.stop().await;
+}
+
+/// The helpdesk's reset: the user's TOTP is forgotten, and the next sign-in sets up anew.
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_mfa_forgets_the_second_factor() {
+    let (_dovecot, postern) = setup().await;
+    let user = postern
+        .store
+        .user("alice@example.test")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(postern
+        .store
+        .begin_totp(user.id, "JBSWY3DPEHPK3PXP", 0)
+        .await
+        .unwrap());
+    assert!(postern.store.use_totp_step(user.id, 1, 0).await.unwrap());
+    assert!(
+        !postern.store.use_totp_step(user.id, 1, 0).await.unwrap(),
+        "a step is used once"
+    );
+    let output = postern.cli(&["user", "reset-mfa", "alice@example.test"]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(postern.store.totp(user.id).await.unwrap().is_none());
+    let refused = postern.cli(&["user", "reset-mfa", "nobody@example.test"]);
+    assert_eq!(refused.status.code(), Some(1));
+    postern.stop().await;
+}
+
+/// A device sets itself up: Thunderbird's autoconfig and Outlook's autodiscover name the
+/// configured servers, implicit TLS, the address as the login.
+#[tokio::test(flavor = "multi_thread")]
+async fn devices_find_their_settings() {
+    let (_dovecot, postern) = setup().await;
+    for path in [
+        "/.well-known/autoconfig/mail/config-v1.1.xml?emailaddress=alice%40example.test",
+        "/mail/config-v1.1.xml?emailaddress=alice%40example.test",
+    ] {
+        let (status, xml) = curl(&postern, &[], path);
+        assert_eq!(status, 200, "{xml}");
+        assert!(xml.contains("<domain>example.test</domain>"), "{xml}");
+        assert!(
+            xml.contains("<hostname>mail.example.test</hostname>\n      <port>993</port>"),
+            "{xml}"
+        );
+        assert!(xml.contains("<port>465</port>"), "{xml}");
+        assert!(xml.contains("<username>%EMAILADDRESS%</username>"), "{xml}");
+    }
+    let request = "<?xml version=\"1.0\"?><Autodiscover xmlns=\"http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006\"><Request><EMailAddress>alice@example.test</EMailAddress><AcceptableResponseSchema>http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a</AcceptableResponseSchema></Request></Autodiscover>";
+    let (status, xml) = curl(
+        &postern,
+        &["-H", "Content-Type: text/xml", "--data-binary", request],
+        "/autodiscover/autodiscover.xml",
+    );
+    assert_eq!(status, 200, "{xml}");
+    assert!(
+        xml.contains("<LoginName>alice@example.test</LoginName>"),
+        "{xml}"
+    );
+    assert!(xml.contains("<Server>mail.example.test</Server>"), "{xml}");
+    let (status, _) = curl(
+        &postern,
+        &["--data-binary", "<EMailAddress><script></EMailAddress>"],
+        "/autodiscover/autodiscover.xml",
+    );
+    assert_eq!(status, 400);
+    postern.stop().await;
+}

@@ -1,0 +1,144 @@
+"""A person at the portal, in a real browser: Debian's chromium, headless, driven through
+chromedriver by selenium (tests/portal.rs runs this).
+
+Usage:
+    browser.py BASE_URL LOGIN PASSWORD SCREENSHOT_DIR
+
+Signs in with the primary password, sets up TOTP from the key shown in #totp-secret
+(the code computed here, RFC 6238), keeps the recovery codes, creates an app password,
+presses Copy and reads the clipboard, looks at the pages on a phone-sized window and in
+Japanese, signs out, signs in again: the TOTP code already used is refused, a recovery
+code is accepted. Screenshots of every page go to SCREENSHOT_DIR.
+
+Prints one JSON object on stdout: the app password as shown and as copied, the recovery
+codes, the texts checked. Any failure is an exception: non-zero exit, traceback on stderr.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import struct
+import sys
+import time
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+
+def totp(secret_b32, at=None, step=30, digits=6):
+    """RFC 6238 with SHA-1, as authenticator apps compute it."""
+    key = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8), casefold=True)
+    counter = int((time.time() if at is None else at) // step)
+    mac = hmac.new(key, struct.pack(">Q", counter), hashlib.sha1).digest()
+    offset = mac[-1] & 0x0F
+    value = struct.unpack(">I", mac[offset:offset + 4])[0] & 0x7FFFFFFF
+    return str(value % 10 ** digits).zfill(digits)
+
+
+def browser(language):
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 # The test CA is not in the system's store; the certificate itself is
+                 # tested elsewhere.
+                 "--ignore-certificate-errors", f"--lang={language}"):
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {"intl.accept_languages": language})
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver.set_window_size(1280, 900)
+    return driver
+
+
+def main():
+    base, login, password, shots = sys.argv[1:5]
+    os.makedirs(shots, exist_ok=True)
+    result = {}
+    driver = browser("en-US")
+
+    def shot(name):
+        driver.save_screenshot(os.path.join(shots, name + ".png"))
+
+    def text(css):
+        return driver.find_element(By.CSS_SELECTOR, css).text
+
+    try:
+        driver.get(base + "/")
+        assert driver.find_element(By.CSS_SELECTOR, "html").get_attribute("lang") == "en"
+        shot("01-sign-in")
+        driver.find_element(By.ID, "login").send_keys(login)
+        driver.find_element(By.ID, "password").send_keys("not the password")
+        driver.find_element(By.ID, "sign-in").click()
+        result["wrong_password"] = text("#error")
+        shot("02-sign-in-refused")
+
+        driver.find_element(By.ID, "password").send_keys(password)
+        driver.find_element(By.ID, "sign-in").click()
+        assert driver.current_url.endswith("/mfa"), driver.current_url
+        secret = text("#totp-secret")
+        assert len(driver.find_elements(By.CSS_SELECTOR, ".qr svg")) == 1, "no QR code"
+        shot("03-mfa-setup")
+        code = totp(secret)
+        driver.find_element(By.ID, "code").send_keys(code)
+        driver.find_element(By.ID, "verify").click()
+        codes = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#recovery-codes li")]
+        assert len(codes) == 10, codes
+        result["recovery_codes"] = codes
+        shot("04-recovery-codes")
+        driver.find_element(By.ID, "continue").click()
+        assert driver.current_url.endswith("/app-passwords"), driver.current_url
+        result["empty_list"] = text("#none")
+        shot("05-app-passwords-empty")
+
+        driver.find_element(By.ID, "name").send_keys("Outlook on the office PC")
+        driver.find_element(By.ID, "create").click()
+        shown = text("#new-app-password")
+        result["shown"] = shown
+        driver.execute_cdp_cmd("Browser.grantPermissions", {
+            "origin": base, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
+        driver.find_element(By.ID, "copy").click()
+        result["copy_button_after"] = text("#copy")
+        result["copied"] = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "navigator.clipboard.readText().then(done, e => done('error: ' + e));")
+        result["listed"] = text("#app-passwords")
+        shot("06-new-app-password")
+
+        driver.set_window_size(390, 844)
+        shot("07-phone-new-app-password")
+        driver.get(base + "/app-passwords")
+        shot("08-phone-app-passwords")
+        driver.find_element(By.ID, "lang").click()
+        assert driver.find_element(By.CSS_SELECTOR, "html").get_attribute("lang") == "ja"
+        result["japanese_title"] = text("h1")
+        shot("09-phone-app-passwords-ja")
+        driver.set_window_size(1280, 900)
+        shot("10-app-passwords-ja")
+
+        # Reusing the TOTP code of a minute ago is refused; a recovery code works once.
+        driver.find_element(By.ID, "sign-out").click()
+        shot("11-signed-out-ja")
+        driver.find_element(By.ID, "login").send_keys(login)
+        driver.find_element(By.ID, "password").send_keys(password)
+        driver.find_element(By.ID, "sign-in").click()
+        assert driver.current_url.endswith("/mfa"), driver.current_url
+        assert not driver.find_elements(By.ID, "totp-secret"), "set-up shown again"
+        shot("12-mfa-verify-ja")
+        driver.find_element(By.ID, "code").send_keys(code)
+        driver.find_element(By.ID, "verify").click()
+        result["replayed_code"] = text("#error")
+        driver.find_element(By.ID, "code").send_keys(codes[0])
+        driver.find_element(By.ID, "verify").click()
+        assert driver.current_url.endswith("/app-passwords"), driver.current_url
+        result["after_recovery_code"] = text("h1")
+    finally:
+        driver.quit()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
