@@ -88,9 +88,12 @@ pub struct PortalConfig {
     /// users set one up at their first sign-in.
     #[serde(default = "default_true")]
     pub require_mfa: bool,
-    /// How long a portal session lasts.
+    /// How long a portal session lasts at most.
     #[serde(default = "default_portal_session", with = "duration")]
     pub session_lifetime: Duration,
+    /// A portal session unused this long ends.
+    #[serde(default = "default_portal_idle", with = "duration")]
+    pub session_idle: Duration,
     /// What a device is told to connect to.
     #[serde(default)]
     pub client_settings: ClientSettings,
@@ -137,6 +140,9 @@ fn default_true() -> bool {
 }
 fn default_portal_session() -> Duration {
     Duration::from_secs(8 * 3600)
+}
+fn default_portal_idle() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 fn default_client_imap() -> String {
     "localhost:10993".into()

@@ -10,8 +10,10 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use base64::Engine;
 use support::imap_client::ImapClient;
 use support::postern::{logged_lines, remember_secrets, Options, Postern};
+use support::smtp_client::SmtpClient;
 use support::Dovecot;
 
 const PRIMARY_PASSWORD: &str = "alice-direct-password";
@@ -63,26 +65,34 @@ fn screenshots() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("portal-screenshots")
 }
 
-/// The whole flow in chromium; the app password it created logs in over IMAP.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_person_signs_in_sets_up_totp_and_gets_an_app_password_in_a_browser() {
-    let (_dovecot, postern) = setup().await;
+/// Runs `tests/portal/browser.py` as alice, with `more` arguments.
+async fn browser(postern: &Postern, more: &[&str]) -> std::process::Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/portal/browser.py");
     // Debian's python3, which has python3-selenium (a pyenv one may come first on PATH).
     let output = tokio::process::Command::new("/usr/bin/python3")
         .arg(script)
-        .arg(base_url(&postern))
+        .arg(base_url(postern))
         .arg("alice@example.test")
         .arg(PRIMARY_PASSWORD)
         .arg(screenshots())
+        .args(more)
         .output()
         .await
         .expect("run python3");
     assert!(
         output.status.success(),
-        "browser.py failed: {}",
+        "browser.py {more:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    output
+}
+
+/// The whole flow in chromium; the app password it created logs in over IMAP and SMTP,
+/// and revoking it from the page closes a live IDLE session.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_signs_in_sets_up_totp_and_gets_an_app_password_in_a_browser() {
+    let (_dovecot, postern) = setup().await;
+    let output = browser(&postern, &[]).await;
     let result: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("browser.py prints JSON");
     let field = |name: &str| result[name].as_str().unwrap_or_default().to_string();
@@ -110,6 +120,10 @@ async fn a_person_signs_in_sets_up_totp_and_gets_an_app_password_in_a_browser() 
         "コードが正しくないか、すでに使用されています。次のコードをお試しください。"
     );
     assert_eq!(field("after_recovery_code"), "アプリパスワード");
+    assert_eq!(
+        field("reused_recovery_code"),
+        "コードが正しくないか、すでに使用されています。次のコードをお試しください。"
+    );
 
     // The new app password works in a mail client.
     let (mut client, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
@@ -117,6 +131,37 @@ async fn a_person_signs_in_sets_up_totp_and_gets_an_app_password_in_a_browser() 
         .command("a1", &format!("LOGIN alice@example.test \"{shown}\""))
         .await;
     assert!(login.last().unwrap().starts_with("a1 OK"), "{login:?}");
+    let (mut smtp, _) = SmtpClient::connect_tls(postern.smtps, &postern.ca_path).await;
+    smtp.command("EHLO client.example").await;
+    let plain =
+        base64::engine::general_purpose::STANDARD.encode(format!("\0alice@example.test\0{shown}"));
+    let auth = smtp.command(&format!("AUTH PLAIN {plain}")).await;
+    assert!(auth.starts_with("235 "), "{auth}");
+
+    // Revoked from the page, the live IDLE session closes.
+    client.command("a2", "SELECT INBOX").await;
+    client.send(b"a3 IDLE\r\n").await;
+    assert_eq!(client.read_line().await, "+ idling");
+    let recovery = result["recovery_codes"][1].as_str().unwrap().to_string();
+    let revoked = browser(&postern, &["revoke", &recovery]).await;
+    let revoked: serde_json::Value = serde_json::from_slice(&revoked.stdout).unwrap();
+    assert!(
+        revoked["listed_after"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{revoked}"
+    );
+    let since = std::time::Instant::now();
+    assert!(
+        client
+            .closed_within(std::time::Duration::from_secs(10))
+            .await
+    );
+    eprintln!(
+        "IDLE session closed {:?} after the page's revocation returned",
+        since.elapsed()
+    );
 
     // Every sign-in is in the audit trail, the failed one too.
     let audit = postern.cli(&["audit", "--user", "alice@example.test", "--json"]);

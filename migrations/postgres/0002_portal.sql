@@ -9,6 +9,7 @@ CREATE TABLE portal_sessions (
     csrf        TEXT    NOT NULL,   -- every form of this session carries it
     created_at  BIGINT    NOT NULL,
     password_at BIGINT    NOT NULL,   -- when the primary password was last checked
+    last_seen_at BIGINT   NOT NULL,   -- idle sessions end
     mfa_at      BIGINT,               -- when the second factor was last passed; NULL: not yet
     expires_at  BIGINT    NOT NULL
 );

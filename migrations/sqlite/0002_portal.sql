@@ -9,6 +9,7 @@ CREATE TABLE portal_sessions (
     csrf        TEXT    NOT NULL,   -- every form of this session carries it
     created_at  INTEGER    NOT NULL,
     password_at INTEGER    NOT NULL,   -- when the primary password was last checked
+    last_seen_at INTEGER   NOT NULL,   -- idle sessions end
     mfa_at      INTEGER,               -- when the second factor was last passed; NULL: not yet
     expires_at  INTEGER    NOT NULL
 );

@@ -38,6 +38,9 @@ pub struct Browser {
     pub client: std::net::SocketAddr,
     /// The token this browser's forms carry.
     pub csrf: String,
+    /// What the browser says it is (User-Agent, at most 200 characters), for the audit
+    /// trail.
+    pub agent: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -78,10 +81,11 @@ impl FromRequestParts<Arc<Portal>> for Browser {
         let session = match jar.get(SESSION_COOKIE) {
             Some(cookie) => {
                 let token_hash = token_hash(cookie.value());
+                let idle = portal.config.session_idle.as_secs() as i64;
                 match portal
                     .gateway
                     .store
-                    .portal_session(&token_hash, now())
+                    .portal_session(&token_hash, now(), idle)
                     .await
                 {
                     Ok(Some(session)) => Some((token_hash, session)),
@@ -105,12 +109,18 @@ impl FromRequestParts<Arc<Portal>> for Browser {
                 }
             },
         };
+        let agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().filter(|c| !c.is_control()).take(200).collect());
         Ok(Browser {
             t,
             jar,
             session,
             client,
             csrf,
+            agent,
         })
     }
 }
@@ -142,7 +152,7 @@ fn cookie(name: &'static str, value: String, http_only: bool) -> Cookie<'static>
         .path("/")
         .secure(true)
         .http_only(http_only)
-        .same_site(SameSite::Lax)
+        .same_site(SameSite::Strict)
         .build()
 }
 

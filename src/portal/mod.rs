@@ -84,7 +84,10 @@ impl Portal {
             .route("/mail/config-v1.1.xml", get(device::autoconfig))
             .route("/autodiscover/autodiscover.xml", post(device::autodiscover))
             .route("/Autodiscover/Autodiscover.xml", post(device::autodiscover))
+            .route("/static/portal.css", get(pages::stylesheet))
+            .route("/static/copy.js", get(pages::script))
             .fallback(pages::not_found)
+            .layer(axum::middleware::map_response(pages::security_headers))
             .layer(DefaultBodyLimit::max(MAX_FORM))
             .with_state(self.clone())
     }

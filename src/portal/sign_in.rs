@@ -151,7 +151,7 @@ fn record(portal: &Portal, login: &str, browser: &Browser, result: &'static str)
         app_password_id: None,
         protocol: None,
         client_ip: Some(client_ip.to_string()),
-        client_id: None,
+        client_id: browser.agent.clone(),
         result: Some(result),
         detail: None,
     });

@@ -37,7 +37,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO portal_sessions (token_hash, user_id, csrf, created_at, password_at, \
-             expires_at) VALUES ($1, $2, $3, $4, $4, $5)",
+             last_seen_at, expires_at) VALUES ($1, $2, $3, $4, $4, $4, $5)",
         )
         .bind(token_hash)
         .bind(user_id)
@@ -49,22 +49,31 @@ impl Store {
         Ok(())
     }
 
-    /// The live session for a cookie token's digest: not expired, its user enabled.
+    /// The live session for a cookie token's digest: not past its lifetime, seen within
+    /// `idle` seconds, its user enabled. Marks it seen now.
     pub async fn portal_session(
         &self,
         token_hash: &str,
         now: i64,
+        idle: i64,
     ) -> Result<Option<PortalSession>, StoreError> {
         let row = sqlx::query(
             "SELECT u.login, s.csrf, s.password_at, s.mfa_at FROM portal_sessions s \
              JOIN users u ON u.id = s.user_id \
-             WHERE s.token_hash = $1 AND s.expires_at > $2 AND u.disabled_at IS NULL",
+             WHERE s.token_hash = $1 AND s.expires_at > $2 AND s.last_seen_at > $3 \
+             AND u.disabled_at IS NULL",
         )
         .bind(token_hash)
         .bind(now)
+        .bind(now - idle)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
+        sqlx::query("UPDATE portal_sessions SET last_seen_at = $2 WHERE token_hash = $1")
+            .bind(token_hash)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         let login: String = row.try_get("login")?;
         let mut conn = self.pool.acquire().await?;
         let Some(user) = find_user(&mut conn, &login).await? else {
@@ -88,7 +97,7 @@ impl Store {
         Ok(())
     }
 
-    /// Ends one session (sign-out), and any expired ones on the way.
+    /// Ends one session (sign-out), and any past their lifetime on the way.
     pub async fn end_portal_session(&self, token_hash: &str, now: i64) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM portal_sessions WHERE token_hash = $1 OR expires_at <= $2")
             .bind(token_hash)

@@ -3,12 +3,15 @@ chromedriver by selenium (tests/portal.rs runs this).
 
 Usage:
     browser.py BASE_URL LOGIN PASSWORD SCREENSHOT_DIR
+    browser.py BASE_URL LOGIN PASSWORD SCREENSHOT_DIR revoke RECOVERY_CODE
 
 Signs in with the primary password, sets up TOTP from the key shown in #totp-secret
 (the code computed here, RFC 6238), keeps the recovery codes, creates an app password,
 presses Copy and reads the clipboard, looks at the pages on a phone-sized window and in
 Japanese, signs out, signs in again: the TOTP code already used is refused, a recovery
 code is accepted. Screenshots of every page go to SCREENSHOT_DIR.
+
+With "revoke", signs in with a recovery code and revokes the first app password listed.
 
 Prints one JSON object on stdout: the app password as shown and as copied, the recovery
 codes, the texts checked. Any failure is an exception: non-zero exit, traceback on stderr.
@@ -54,9 +57,31 @@ def browser(language):
     return driver
 
 
+def revoke(base, login, password, shots, recovery_code):
+    """Signs in with a recovery code, revokes the first app password, and says what the
+    list shows afterwards."""
+    driver = browser("en-US")
+    try:
+        driver.get(base + "/")
+        driver.find_element(By.ID, "login").send_keys(login)
+        driver.find_element(By.ID, "password").send_keys(password)
+        driver.find_element(By.ID, "sign-in").click()
+        driver.find_element(By.ID, "code").send_keys(recovery_code)
+        driver.find_element(By.ID, "verify").click()
+        assert driver.current_url.endswith("/app-passwords"), driver.current_url
+        driver.find_element(By.CSS_SELECTOR, "#app-passwords form button").click()
+        listed = driver.find_element(By.CSS_SELECTOR, "#app-passwords").text
+        driver.save_screenshot(os.path.join(shots, "13-revoked.png"))
+    finally:
+        driver.quit()
+    print(json.dumps({"listed_after": listed}))
+
+
 def main():
     base, login, password, shots = sys.argv[1:5]
     os.makedirs(shots, exist_ok=True)
+    if sys.argv[5:6] == ["revoke"]:
+        return revoke(base, login, password, shots, sys.argv[6])
     result = {}
     driver = browser("en-US")
 
@@ -135,6 +160,15 @@ def main():
         driver.find_element(By.ID, "verify").click()
         assert driver.current_url.endswith("/app-passwords"), driver.current_url
         result["after_recovery_code"] = text("h1")
+
+        # A recovery code works once.
+        driver.find_element(By.ID, "sign-out").click()
+        driver.find_element(By.ID, "login").send_keys(login)
+        driver.find_element(By.ID, "password").send_keys(password)
+        driver.find_element(By.ID, "sign-in").click()
+        driver.find_element(By.ID, "code").send_keys(codes[0])
+        driver.find_element(By.ID, "verify").click()
+        result["reused_recovery_code"] = text("#error")
     finally:
         driver.quit()
     print(json.dumps(result))
