@@ -116,6 +116,9 @@ pub struct Options {
     pub max_connections: usize,
     /// More lines for both `[upstream.*]` tables.
     pub upstream_extra: String,
+    /// Ports for the imaps, imap, smtps and submission listeners (`scripts/demo`); `None`:
+    /// ephemeral ones.
+    pub listener_ports: Option<[u16; 4]>,
     /// `[auth] change_poll_interval`: how soon revocations made elsewhere reach sessions.
     pub change_poll_interval: &'static str,
     /// More lines for the `[auth]` table.
@@ -141,6 +144,7 @@ impl Default for Options {
             proxy_sources: r#"["127.0.0.0/8", "::1/128"]"#,
             max_connections: 10_000,
             upstream_extra: String::new(),
+            listener_ports: None,
             change_poll_interval: "100ms",
             auth_extra: "",
             network_extra: "",
@@ -209,6 +213,7 @@ impl Postern {
             "implicit" => dovecot.submissions_port,
             _ => dovecot.submission_port,
         });
+        let ports = options.listener_ports.unwrap_or([0; 4]);
         let text = format!(
             r#"
 [store]
@@ -221,7 +226,7 @@ key = "{key}"
 [[listener]]
 name = "imaps"
 protocol = "imap"
-bind = "127.0.0.1:0"
+bind = "127.0.0.1:{port_0}"
 tls = "implicit"
 proxy_protocol = {proxy_protocol}
 max_connections = {max_connections}
@@ -229,7 +234,7 @@ max_connections = {max_connections}
 [[listener]]
 name = "imap"
 protocol = "imap"
-bind = "127.0.0.1:0"
+bind = "127.0.0.1:{port_1}"
 tls = "starttls"
 proxy_protocol = {proxy_protocol}
 max_connections = {max_connections}
@@ -237,7 +242,7 @@ max_connections = {max_connections}
 [[listener]]
 name = "smtps"
 protocol = "smtp"
-bind = "127.0.0.1:0"
+bind = "127.0.0.1:{port_2}"
 tls = "implicit"
 proxy_protocol = {proxy_protocol}
 max_connections = {max_connections}
@@ -245,7 +250,7 @@ max_connections = {max_connections}
 [[listener]]
 name = "submission"
 protocol = "smtp"
-bind = "127.0.0.1:0"
+bind = "127.0.0.1:{port_3}"
 tls = "starttls"
 proxy_protocol = {proxy_protocol}
 max_connections = {max_connections}
@@ -296,6 +301,10 @@ proxy_sources = {proxy_sources}
             max_connections = options.max_connections,
             change_poll_interval = options.change_poll_interval,
             upstream_extra = options.upstream_extra,
+            port_0 = ports[0],
+            port_1 = ports[1],
+            port_2 = ports[2],
+            port_3 = ports[3],
             auth_extra = options.auth_extra,
             network_extra = options.network_extra,
             extra = options.extra_config,
@@ -313,7 +322,7 @@ proxy_sources = {proxy_sources}
             .expect("gateway starts");
         let mut listeners: Vec<(ListenerConfig, TcpListener)> = Vec::new();
         for listener in &config.listeners {
-            let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let socket = TcpListener::bind(listener.bind).await.expect("bind");
             listeners.push((listener.clone(), socket));
         }
         let imaps = listeners[0].1.local_addr().unwrap();
@@ -325,7 +334,7 @@ proxy_sources = {proxy_sources}
         let (stop, stopped) = oneshot::channel::<()>();
         let portal = match &config.portal {
             Some(portal) => {
-                let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind portal");
+                let socket = TcpListener::bind(portal.bind).await.expect("bind portal");
                 Some((portal.clone(), socket))
             }
             None => None,
@@ -440,7 +449,10 @@ proxy_sources = {proxy_sources}
 
 /// Runs the `postern` binary with `--config path`.
 pub fn cli(config_path: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_postern"))
+    // Cargo names the binary for tests and benches; an example (scripts/demo) prints the
+    // release binary's path instead of running it.
+    let binary = option_env!("CARGO_BIN_EXE_postern").unwrap_or("target/release/postern");
+    Command::new(binary)
         .arg("--config")
         .arg(config_path)
         .args(args)
