@@ -54,6 +54,24 @@ fn ready<'b>(portal: &Portal, browser: &'b Browser) -> Ready<'b> {
     }
 }
 
+/// The session a posted form acts for: the right CSRF token, signed in and past the
+/// second factor; else the answer to give instead.
+#[allow(clippy::result_large_err)] // the error is the page itself, answered at once
+fn acting<'b>(
+    portal: &Portal,
+    browser: &'b Browser,
+    form: &Fields,
+) -> Result<&'b PortalSession, Response> {
+    if !browser.csrf_ok(form.get("csrf")) {
+        return Err(pages::forbidden(browser.t));
+    }
+    match ready(portal, browser) {
+        Ready::Yes(session) => Ok(session),
+        Ready::NeedsMfa => Err(Redirect::to("/mfa").into_response()),
+        Ready::SignIn => Err(Redirect::to("/").into_response()),
+    }
+}
+
 fn sign_in_page(browser: Browser, notice: Option<&'static str>) -> Response {
     let response = pages::render(
         StatusCode::OK,
@@ -150,13 +168,9 @@ fn row(t: &'static super::i18n::Messages, p: &AppPassword, at: i64) -> Row {
 pub async fn create(State(portal): State<Arc<Portal>>, browser: Browser, body: Bytes) -> Response {
     let t = browser.t;
     let form = Fields::parse(&body);
-    if !browser.csrf_ok(form.get("csrf")) {
-        return pages::forbidden(t);
-    }
-    let session = match ready(&portal, &browser) {
-        Ready::Yes(session) => session,
-        Ready::NeedsMfa => return (browser.jar, Redirect::to("/mfa")).into_response(),
-        Ready::SignIn => return (browser.jar, Redirect::to("/")).into_response(),
+    let session = match acting(&portal, &browser, &form) {
+        Ok(session) => session,
+        Err(answer) => return answer,
     };
     let at = now();
     let recent = at - session.password_at <= RECENT
@@ -235,11 +249,9 @@ pub async fn revoke(
 ) -> Response {
     let t = browser.t;
     let form = Fields::parse(&body);
-    if !browser.csrf_ok(form.get("csrf")) {
-        return pages::forbidden(t);
-    }
-    let Ready::Yes(session) = ready(&portal, &browser) else {
-        return (browser.jar, Redirect::to("/")).into_response();
+    let session = match acting(&portal, &browser, &form) {
+        Ok(session) => session,
+        Err(answer) => return answer,
     };
     let owned = match portal.gateway.store.app_password(id).await {
         Ok(Some((_, login))) => login == session.user.login,
@@ -267,11 +279,9 @@ pub async fn revoke_all(
 ) -> Response {
     let t = browser.t;
     let form = Fields::parse(&body);
-    if !browser.csrf_ok(form.get("csrf")) {
-        return pages::forbidden(t);
-    }
-    let Ready::Yes(session) = ready(&portal, &browser) else {
-        return (browser.jar, Redirect::to("/")).into_response();
+    let session = match acting(&portal, &browser, &form) {
+        Ok(session) => session,
+        Err(answer) => return answer,
     };
     if let Err(error) = portal.accounts.revoke_all(&session.user.login).await {
         tracing::warn!(%error, "portal: cannot revoke app passwords");

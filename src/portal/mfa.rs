@@ -25,28 +25,38 @@ const RECOVERY_CODES: usize = 10;
 
 /// `GET /mfa`: the set-up (first time) or the verification.
 pub async fn page(State(portal): State<Arc<Portal>>, browser: Browser) -> Response {
-    let t = browser.t;
     let Some((_, session)) = &browser.session else {
         return (browser.jar, Redirect::to("/")).into_response();
     };
     if !portal.config.require_mfa {
         return (browser.jar, Redirect::to("/app-passwords")).into_response();
     }
-    let setup = match setup(&portal, &session.user).await {
+    let response = mfa_page(&portal, &browser, &session.user, None).await;
+    (browser.jar, response).into_response()
+}
+
+/// The set-up or verification page, with `error` when a code was refused.
+async fn mfa_page(
+    portal: &Portal,
+    browser: &Browser,
+    user: &User,
+    error: Option<&'static str>,
+) -> Response {
+    let t = browser.t;
+    let setup = match setup(portal, user).await {
         Ok(setup) => setup,
         Err(()) => return pages::failure(t),
     };
-    let response = pages::render(
+    pages::render(
         StatusCode::OK,
         &MfaPage {
             t,
             csrf: &browser.csrf,
             signed_in: true,
             setup,
-            error: None,
+            error,
         },
-    );
-    (browser.jar, response).into_response()
+    )
 }
 
 /// The set-up to show: `None` when the user has a confirmed secret; else the one being set
@@ -139,20 +149,7 @@ pub async fn verify(State(portal): State<Arc<Portal>>, browser: Browser, body: B
         let delay = gateway.penalties.failed(ip, &user.login, digest).await;
         tokio::time::sleep(delay).await;
         tracing::warn!(login = ?user.login, client_ip = %ip, "portal: second factor refused");
-        let setup = match setup(&portal, user).await {
-            Ok(setup) => setup,
-            Err(()) => return pages::failure(t),
-        };
-        let response = pages::render(
-            StatusCode::OK,
-            &MfaPage {
-                t,
-                csrf: &browser.csrf,
-                signed_in: true,
-                setup,
-                error: Some(t.code_refused),
-            },
-        );
+        let response = mfa_page(&portal, &browser, user, Some(t.code_refused)).await;
         return (browser.jar, response).into_response();
     }
     gateway.penalties.succeeded(ip, &user.login).await;
