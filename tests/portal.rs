@@ -12,7 +12,7 @@ use std::process::Command;
 
 use base64::Engine;
 use support::imap_client::ImapClient;
-use support::postern::{logged_lines, remember_secrets, Options, Postern};
+use support::postern::{logged_lines, metric, remember_secrets, Options, Postern};
 use support::smtp_client::SmtpClient;
 use support::Dovecot;
 
@@ -162,6 +162,41 @@ async fn a_person_signs_in_sets_up_totp_and_gets_an_app_password_in_a_browser() 
         "IDLE session closed {:?} after the page's revocation returned",
         since.elapsed()
     );
+
+    let metrics = postern.metrics();
+    for (series, expected) in [
+        (
+            "postern_portal_sign_ins_total{result=\"bad_password\"}",
+            1.0,
+        ),
+        ("postern_portal_sign_ins_total{result=\"ok\"}", 4.0),
+        (
+            "postern_portal_mfa_total{method=\"totp\",result=\"ok\"}",
+            1.0,
+        ),
+        (
+            "postern_portal_mfa_total{method=\"totp\",result=\"refused\"}",
+            1.0,
+        ),
+        (
+            "postern_portal_mfa_total{method=\"recovery\",result=\"ok\"}",
+            2.0,
+        ),
+        (
+            "postern_portal_mfa_total{method=\"recovery\",result=\"refused\"}",
+            1.0,
+        ),
+        (
+            "postern_portal_app_passwords_total{action=\"created\"}",
+            1.0,
+        ),
+        (
+            "postern_portal_app_passwords_total{action=\"revoked\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(metric(&metrics, series), expected, "{series}\n{metrics}");
+    }
 
     // Every sign-in is in the audit trail, the failed one too.
     let audit = postern.cli(&["audit", "--user", "alice@example.test", "--json"]);

@@ -39,6 +39,12 @@ pub struct Metrics {
     pub audit_events_dropped: IntCounter,
     /// Audit events waiting to be written to the store.
     pub audit_backlog: IntGauge,
+    /// Portal sign-ins with the primary password, by result.
+    pub portal_sign_ins: IntCounterVec,
+    /// Portal second-factor checks, by method (totp, recovery) and result (ok, refused).
+    pub portal_mfa: IntCounterVec,
+    /// App passwords created and revoked from the portal, by action.
+    pub portal_app_passwords: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -197,6 +203,24 @@ impl Metrics {
                  the store, or still waiting at exit.",
             ),
             audit_backlog,
+            portal_sign_ins: counter_vec(
+                r,
+                "postern_portal_sign_ins_total",
+                "Portal sign-ins with the primary password, by result.",
+                &["result"],
+            ),
+            portal_mfa: counter_vec(
+                r,
+                "postern_portal_mfa_total",
+                "Portal second-factor checks, by method and result.",
+                &["method", "result"],
+            ),
+            portal_app_passwords: counter_vec(
+                r,
+                "postern_portal_app_passwords_total",
+                "App passwords created or revoked from the portal.",
+                &["action"],
+            ),
             build_info,
             registry,
         };
@@ -236,6 +260,24 @@ impl Metrics {
                         .with_label_values(&[protocol, mechanism, result]);
                 }
             }
+        }
+        for result in [
+            "ok",
+            "bad_password",
+            "unknown_user",
+            "disabled",
+            "rate_limited",
+            "upstream_unavailable",
+        ] {
+            self.portal_sign_ins.with_label_values(&[result]);
+        }
+        for method in ["totp", "recovery"] {
+            for result in ["ok", "refused"] {
+                self.portal_mfa.with_label_values(&[method, result]);
+            }
+        }
+        for action in ["created", "revoked"] {
+            self.portal_app_passwords.with_label_values(&[action]);
         }
         for result in [
             "accepted",
@@ -310,6 +352,9 @@ mod tests {
             "postern_revoked_sessions_closed_total",
             "postern_audit_events_dropped_total",
             "postern_audit_backlog",
+            "postern_portal_sign_ins_total",
+            "postern_portal_mfa_total",
+            "postern_portal_app_passwords_total",
             "postern_build_info",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");

@@ -220,6 +220,7 @@ pub async fn create(State(portal): State<Arc<Portal>>, browser: Browser, body: B
     let new_password = match portal.accounts.issue_app_password(request).await {
         Ok(issued) => {
             tracing::info!(login = ?session.user.login, app_password_id = issued.app_password.id, "portal: app password created");
+            count(&portal, "created", 1);
             let shown = issued.password.expose().clone();
             NewPassword {
                 name: issued.app_password.name.clone(),
@@ -238,6 +239,16 @@ pub async fn create(State(portal): State<Arc<Portal>>, browser: Browser, body: B
     };
     let response = page(&portal, &browser, session, Some(new_password), None).await;
     (browser.jar, response).into_response()
+}
+
+/// Counts app passwords created or revoked from the portal.
+fn count(portal: &Portal, action: &str, n: u64) {
+    portal
+        .gateway
+        .metrics
+        .portal_app_passwords
+        .with_label_values(&[action])
+        .inc_by(n);
 }
 
 /// `POST /app-passwords/{id}/revoke`: one of the user's own.
@@ -268,6 +279,7 @@ pub async fn revoke(
         tracing::warn!(%error, "portal: cannot revoke an app password");
         return pages::failure(t);
     }
+    count(&portal, "revoked", 1);
     (browser.jar, Redirect::to("/app-passwords")).into_response()
 }
 
@@ -283,9 +295,12 @@ pub async fn revoke_all(
         Ok(session) => session,
         Err(answer) => return answer,
     };
-    if let Err(error) = portal.accounts.revoke_all(&session.user.login).await {
-        tracing::warn!(%error, "portal: cannot revoke app passwords");
-        return pages::failure(t);
+    match portal.accounts.revoke_all(&session.user.login).await {
+        Ok(ids) => count(&portal, "revoked", ids.len() as u64),
+        Err(error) => {
+            tracing::warn!(%error, "portal: cannot revoke app passwords");
+            return pages::failure(t);
+        }
     }
     (browser.jar, Redirect::to("/app-passwords")).into_response()
 }

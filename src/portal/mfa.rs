@@ -144,6 +144,17 @@ pub async fn verify(State(portal): State<Arc<Portal>>, browser: Browser, body: B
             Err(error) => return failure(&browser, error),
         }
     };
+    let method = if is_totp_code(&typed) {
+        "totp"
+    } else {
+        "recovery"
+    };
+    let result = if passed { "ok" } else { "refused" };
+    gateway
+        .metrics
+        .portal_mfa
+        .with_label_values(&[method, result])
+        .inc();
     if !passed {
         let digest = gateway.verifier.lookup_key().cache_key(&user.login, &typed);
         let delay = gateway.penalties.failed(ip, &user.login, digest).await;
@@ -222,6 +233,16 @@ async fn check(
         .lookup_key()
         .cache_key(&user.login, &code));
     store.use_recovery_code(user.id, &digest, now()).await
+}
+
+/// Six digits (spaces aside): a TOTP code; anything else is taken as a recovery code.
+fn is_totp_code(typed: &Secret<String>) -> bool {
+    let digits: Vec<u8> = typed
+        .expose()
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    digits.len() == 6 && digits.iter().all(u8::is_ascii_digit)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -138,6 +138,12 @@ async fn check_upstream(portal: &Portal, user: &str, password: &Secret<String>) 
 /// One log line and one audit event per sign-in attempt.
 fn record(portal: &Portal, login: &str, browser: &Browser, result: &'static str) {
     let client_ip = browser.client.ip();
+    portal
+        .gateway
+        .metrics
+        .portal_sign_ins
+        .with_label_values(&[result])
+        .inc();
     let login_shown: String = login.chars().take(256).collect();
     if result == "ok" {
         tracing::info!(login = ?login_shown, %client_ip, result, "portal sign-in");
