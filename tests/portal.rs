@@ -353,3 +353,89 @@ async fn devices_find_their_settings() {
     assert_eq!(status, 400);
     postern.stop().await;
 }
+
+/// A user who already holds 40 live app passwords (the limit) is told to revoke one first;
+/// the 41st is not created. Driven with curl: sign-in, TOTP set-up with a code computed
+/// from the key on the page, then the create form.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_41st_app_password_is_refused_with_a_clear_page() {
+    let (_dovecot, postern) = setup().await;
+    for _ in 0..40 {
+        postern
+            .issue("alice@example.test", &[postern::store::Scope::Imap], None)
+            .await;
+    }
+    let jar = tempfile::NamedTempFile::new().unwrap();
+    let jar = jar.path().to_str().unwrap().to_string();
+    let token = |page: &str| {
+        page.split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("the form carries a token")
+            .to_string()
+    };
+    let (_, page) = curl(&postern, &["-c", &jar, "-b", &jar], "/");
+    let post = |path: &str, fields: &[String]| {
+        let mut args = vec!["-c".to_string(), jar.clone(), "-b".to_string(), jar.clone()];
+        for field in fields {
+            args.push("--data-urlencode".to_string());
+            args.push(field.clone());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&postern, &args, path)
+    };
+    let (status, _) = post(
+        "/sign-in",
+        &[
+            format!("csrf={}", token(&page)),
+            "login=alice@example.test".to_string(),
+            format!("password={PRIMARY_PASSWORD}"),
+        ],
+    );
+    assert_eq!(status, 303);
+    let (_, setup) = curl(&postern, &["-c", &jar, "-b", &jar], "/mfa");
+    let secret = setup
+        .split("id=\"totp-secret\">")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .expect("the key is on the page")
+        .to_string();
+    let totp = totp_rs::TOTP::new(
+        totp_rs::Algorithm::SHA1,
+        6,
+        1,
+        30,
+        totp_rs::Secret::Encoded(secret).to_bytes().unwrap(),
+        None,
+        "alice".to_string(),
+    )
+    .unwrap();
+    let csrf = token(&setup);
+    let (status, recovery) = post(
+        "/mfa/verify",
+        &[
+            format!("csrf={csrf}"),
+            format!("code={}", totp.generate_current().unwrap()),
+        ],
+    );
+    assert_eq!(status, 200);
+    assert!(recovery.contains("id=\"recovery-codes\""), "{recovery}");
+    let (status, page) = post(
+        "/app-passwords",
+        &[
+            format!("csrf={csrf}"),
+            "name=one too many".to_string(),
+            "scopes=imap".to_string(),
+        ],
+    );
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("You have as many app passwords as allowed."),
+        "{page}"
+    );
+    assert!(!page.contains("id=\"new-app-password\""));
+    let listed = postern.cli(&["app-password", "list", "alice@example.test", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 40);
+    postern.stop().await;
+}
