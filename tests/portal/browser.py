@@ -105,6 +105,7 @@ def main():
         driver.find_element(By.ID, "sign-in").click()
         assert driver.current_url.endswith("/mfa"), driver.current_url
         secret = text("#totp-secret")
+        result["totp_secret"] = secret
         assert len(driver.find_elements(By.CSS_SELECTOR, ".qr svg")) == 1, "no QR code"
         shot("03-mfa-setup")
         code = totp(secret)
