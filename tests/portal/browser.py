@@ -29,6 +29,8 @@ import time
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 
 def totp(secret_b32, at=None, step=30, digits=6):
@@ -39,6 +41,16 @@ def totp(secret_b32, at=None, step=30, digits=6):
     offset = mac[-1] & 0x0F
     value = struct.unpack(">I", mac[offset:offset + 4])[0] & 0x7FFFFFFF
     return str(value % 10 ** digits).zfill(digits)
+
+
+def go(driver, element_id):
+    """Clicks what leads to another page and waits until that page has replaced this one
+    (a click returns before the browser has navigated)."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.ID, element_id).click()
+    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 15).until(
+        lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def browser(language):
@@ -65,11 +77,13 @@ def revoke(base, login, password, shots, recovery_code):
         driver.get(base + "/")
         driver.find_element(By.ID, "login").send_keys(login)
         driver.find_element(By.ID, "password").send_keys(password)
-        driver.find_element(By.ID, "sign-in").click()
+        go(driver, "sign-in")
         driver.find_element(By.ID, "code").send_keys(recovery_code)
-        driver.find_element(By.ID, "verify").click()
+        go(driver, "verify")
         assert driver.current_url.endswith("/app-passwords"), driver.current_url
+        old = driver.find_element(By.TAG_NAME, "html")
         driver.find_element(By.CSS_SELECTOR, "#app-passwords form button").click()
+        WebDriverWait(driver, 15).until(expected_conditions.staleness_of(old))
         listed = driver.find_element(By.CSS_SELECTOR, "#app-passwords").text
         driver.save_screenshot(os.path.join(shots, "13-revoked.png"))
     finally:
@@ -97,12 +111,12 @@ def main():
         shot("01-sign-in")
         driver.find_element(By.ID, "login").send_keys(login)
         driver.find_element(By.ID, "password").send_keys("not the password")
-        driver.find_element(By.ID, "sign-in").click()
+        go(driver, "sign-in")
         result["wrong_password"] = text("#error")
         shot("02-sign-in-refused")
 
         driver.find_element(By.ID, "password").send_keys(password)
-        driver.find_element(By.ID, "sign-in").click()
+        go(driver, "sign-in")
         assert driver.current_url.endswith("/mfa"), driver.current_url
         secret = text("#totp-secret")
         result["totp_secret"] = secret
@@ -110,23 +124,26 @@ def main():
         shot("03-mfa-setup")
         code = totp(secret)
         driver.find_element(By.ID, "code").send_keys(code)
-        driver.find_element(By.ID, "verify").click()
+        go(driver, "verify")
         codes = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#recovery-codes li")]
         assert len(codes) == 10, codes
         result["recovery_codes"] = codes
         shot("04-recovery-codes")
-        driver.find_element(By.ID, "continue").click()
+        go(driver, "continue")
         assert driver.current_url.endswith("/app-passwords"), driver.current_url
         result["empty_list"] = text("#none")
         shot("05-app-passwords-empty")
 
         driver.find_element(By.ID, "name").send_keys("Outlook on the office PC")
-        driver.find_element(By.ID, "create").click()
+        go(driver, "create")
         shown = text("#new-app-password")
         result["shown"] = shown
         driver.execute_cdp_cmd("Browser.grantPermissions", {
             "origin": base, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
-        driver.find_element(By.ID, "copy").click()
+        copy = driver.find_element(By.ID, "copy")
+        copy.click()
+        # The button says so once the clipboard has taken the password.
+        WebDriverWait(driver, 10).until(lambda d: copy.text != "Copy")
         result["copy_button_after"] = text("#copy")
         result["copied"] = driver.execute_async_script(
             "const done = arguments[arguments.length - 1];"
@@ -138,7 +155,7 @@ def main():
         shot("07-phone-new-app-password")
         driver.get(base + "/app-passwords")
         shot("08-phone-app-passwords")
-        driver.find_element(By.ID, "lang").click()
+        go(driver, "lang")
         assert driver.find_element(By.CSS_SELECTOR, "html").get_attribute("lang") == "ja"
         result["japanese_title"] = text("h1")
         shot("09-phone-app-passwords-ja")
@@ -146,30 +163,36 @@ def main():
         shot("10-app-passwords-ja")
 
         # Reusing the TOTP code of a minute ago is refused; a recovery code works once.
-        driver.find_element(By.ID, "sign-out").click()
+        go(driver, "sign-out")
         shot("11-signed-out-ja")
         driver.find_element(By.ID, "login").send_keys(login)
         driver.find_element(By.ID, "password").send_keys(password)
-        driver.find_element(By.ID, "sign-in").click()
+        go(driver, "sign-in")
         assert driver.current_url.endswith("/mfa"), driver.current_url
         assert not driver.find_elements(By.ID, "totp-secret"), "set-up shown again"
         shot("12-mfa-verify-ja")
         driver.find_element(By.ID, "code").send_keys(code)
-        driver.find_element(By.ID, "verify").click()
+        go(driver, "verify")
         result["replayed_code"] = text("#error")
         driver.find_element(By.ID, "code").send_keys(codes[0])
-        driver.find_element(By.ID, "verify").click()
+        go(driver, "verify")
         assert driver.current_url.endswith("/app-passwords"), driver.current_url
         result["after_recovery_code"] = text("h1")
 
         # A recovery code works once.
-        driver.find_element(By.ID, "sign-out").click()
+        go(driver, "sign-out")
         driver.find_element(By.ID, "login").send_keys(login)
         driver.find_element(By.ID, "password").send_keys(password)
-        driver.find_element(By.ID, "sign-in").click()
+        go(driver, "sign-in")
         driver.find_element(By.ID, "code").send_keys(codes[0])
-        driver.find_element(By.ID, "verify").click()
+        go(driver, "verify")
         result["reused_recovery_code"] = text("#error")
+    except Exception:
+        # What the browser showed when it failed, for the test's message.
+        print(driver.current_url, file=sys.stderr)
+        print(driver.find_element(By.TAG_NAME, "body").text, file=sys.stderr)
+        shot("failure")
+        raise
     finally:
         driver.quit()
     print(json.dumps(result))
