@@ -13,7 +13,7 @@ use rand::RngCore;
 use subtle::ConstantTimeEq;
 use totp_rs::{Secret as TotpSecret, TOTP};
 
-use super::browser::Browser;
+use super::browser::{hex, Browser};
 use super::pages::{self, Fields, MfaPage, RecoveryPage, TotpSetup};
 use super::Portal;
 use crate::auth::{password, Secret};
@@ -203,12 +203,12 @@ async fn check(
     first_time: bool,
 ) -> Result<bool, crate::store::StoreError> {
     let store = &portal.gateway.store;
-    let digits: String = typed
-        .expose()
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    if digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit()) {
+    if is_totp_code(typed) {
+        let digits: String = typed
+            .expose()
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
         let Ok(totp) = totp(secret, &user.login) else {
             return Ok(false);
         };
@@ -243,10 +243,6 @@ fn is_totp_code(typed: &Secret<String>) -> bool {
         .filter(|b| !b.is_ascii_whitespace())
         .collect();
     digits.len() == 6 && digits.iter().all(u8::is_ascii_digit)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn log(error: crate::store::StoreError) {
