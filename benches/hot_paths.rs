@@ -77,6 +77,7 @@ fn verifier(c: &mut Criterion) {
                 name: "bench",
                 scopes: &[Scope::Imap],
                 expires_at: None,
+                actor: postern::accounts::Actor::Cli,
             })
             .await
             .unwrap();

@@ -38,6 +38,29 @@ pub struct IssueRequest<'a> {
     pub scopes: &'a [Scope],
     /// Unix seconds.
     pub expires_at: Option<i64>,
+    pub actor: Actor<'a>,
+}
+
+/// Who asks for an operation on app passwords, as its audit event records it: an admin at
+/// the command line, or the user in the portal from an address and a browser.
+#[derive(Debug, Clone, Copy)]
+pub enum Actor<'a> {
+    Cli,
+    Portal {
+        client_ip: std::net::IpAddr,
+        /// The browser's User-Agent, shortened.
+        browser: Option<&'a str>,
+    },
+}
+
+impl Actor<'_> {
+    /// The audit event's `detail`: where the operation came from.
+    fn source(&self) -> &'static str {
+        match self {
+            Actor::Cli => "source=cli",
+            Actor::Portal { .. } => "source=portal",
+        }
+    }
 }
 
 /// A user to add. The upstream identity defaults to the login, and a login that is an
@@ -165,8 +188,13 @@ impl Accounts {
                 .await
             {
                 Ok(app_password) => {
-                    self.audit("app_password_created", &login, Some(app_password.id))
-                        .await?;
+                    self.audit_as(
+                        "app_password_created",
+                        &login,
+                        Some(app_password.id),
+                        request.actor,
+                    )
+                    .await?;
                     return Ok(Issued {
                         app_password,
                         password: shown,
@@ -180,22 +208,28 @@ impl Accounts {
     }
 
     /// Revokes one app password; returns it and its owner's login.
-    pub async fn revoke_app_password(&self, id: i64) -> Result<(AppPassword, String), AdminError> {
+    pub async fn revoke_app_password(
+        &self,
+        id: i64,
+        actor: Actor<'_>,
+    ) -> Result<(AppPassword, String), AdminError> {
         let Some((_, login)) = self.store.app_password(id).await? else {
             return Err(StoreError::UnknownAppPassword(id).into());
         };
         let app_password = self.store.revoke_app_password(id, now()).await?;
-        self.audit("app_password_revoked", &login, Some(id)).await?;
+        self.audit_as("app_password_revoked", &login, Some(id), actor)
+            .await?;
         Ok((app_password, login))
     }
 
     /// Revokes every live app password of a user; returns their ids.
-    pub async fn revoke_all(&self, login: &str) -> Result<Vec<i64>, AdminError> {
+    pub async fn revoke_all(&self, login: &str, actor: Actor<'_>) -> Result<Vec<i64>, AdminError> {
         let at = now();
         let ids = self.store.revoke_all(login, at).await?;
         let login = login.to_lowercase();
         for &id in &ids {
-            self.audit("app_password_revoked", &login, Some(id)).await?;
+            self.audit_as("app_password_revoked", &login, Some(id), actor)
+                .await?;
         }
         Ok(ids)
     }
@@ -206,6 +240,23 @@ impl Accounts {
         login: &str,
         app_password_id: Option<i64>,
     ) -> Result<(), StoreError> {
+        self.audit_as(kind, login, app_password_id, Actor::Cli)
+            .await
+    }
+
+    /// Records `kind` for `login`, with the actor's address and browser when it is the
+    /// portal.
+    pub async fn audit_as(
+        &self,
+        kind: &str,
+        login: &str,
+        app_password_id: Option<i64>,
+        actor: Actor<'_>,
+    ) -> Result<(), StoreError> {
+        let (client_ip, client_id) = match actor {
+            Actor::Cli => (None, None),
+            Actor::Portal { client_ip, browser } => (Some(client_ip.to_string()), browser),
+        };
         self.store
             .record_audit(&AuditEvent {
                 at: now(),
@@ -213,10 +264,10 @@ impl Accounts {
                 login,
                 app_password_id,
                 protocol: None,
-                client_ip: None,
-                client_id: None,
+                client_ip: client_ip.as_deref(),
+                client_id,
                 result: None,
-                detail: None,
+                detail: Some(actor.source()),
             })
             .await
     }

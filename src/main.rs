@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use postern::accounts::{Accounts, AdminError, IssueRequest, NewAccount};
+use postern::accounts::{Accounts, Actor, AdminError, IssueRequest, NewAccount};
 use postern::clock::now;
 use postern::config::{self, Config};
 use postern::gateway::{self, Gateway};
@@ -400,6 +400,7 @@ async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<Ex
                 name: &name,
                 scopes: &scopes,
                 expires_at: expires_in.map(|d| now() + d.as_secs() as i64),
+                actor: Actor::Cli,
             };
             accounts.issue_app_password(request).await.map(|issued| {
                 let app = &issued.app_password;
@@ -440,12 +441,12 @@ async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<Ex
             })
         }
         AppPasswordCommand::Revoke { id: Some(id), .. } => accounts
-            .revoke_app_password(id)
+            .revoke_app_password(id, Actor::Cli)
             .await
             .map(|(_, login)| println!("revoked app password {id} of {login}")),
         AppPasswordCommand::Revoke {
             all: Some(login), ..
-        } => accounts.revoke_all(&login).await.map(|ids| {
+        } => accounts.revoke_all(&login, Actor::Cli).await.map(|ids| {
             println!(
                 "revoked {} app passwords of {}",
                 ids.len(),

@@ -355,9 +355,115 @@ async fn devices_find_their_settings() {
     postern.stop().await;
 }
 
+/// A curl "browser" signed in as alice and past TOTP: its cookie jar and CSRF token.
+struct SignedIn<'p> {
+    postern: &'p Postern,
+    jar: tempfile::NamedTempFile,
+    csrf: String,
+}
+
+/// The value of a form's `csrf` field on `page`.
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the form carries a token")
+        .to_string()
+}
+
+/// The text of the element `id` on `page` (up to the next tag).
+fn element(page: &str, id: &str) -> Option<String> {
+    page.split(&format!("id=\"{id}\""))
+        .nth(1)
+        .and_then(|rest| rest.split_once('>'))
+        .and_then(|(_, rest)| rest.split('<').next())
+        .map(str::to_string)
+}
+
+impl<'p> SignedIn<'p> {
+    /// Signs alice in with curl and sets up TOTP with a code computed from the key on
+    /// the page.
+    fn new(postern: &'p Postern) -> Self {
+        let mut browser = SignedIn {
+            postern,
+            jar: tempfile::NamedTempFile::new().unwrap(),
+            csrf: String::new(),
+        };
+        let (_, page) = browser.get("/");
+        browser.csrf = csrf_of(&page);
+        let (status, _) = browser.post(
+            "/sign-in",
+            &[
+                "login=alice@example.test",
+                &format!("password={PRIMARY_PASSWORD}"),
+            ],
+        );
+        assert_eq!(status, 303);
+        let (_, setup) = browser.get("/mfa");
+        let secret = element(&setup, "totp-secret").expect("the key is on the page");
+        remember_secrets([secret.clone()]);
+        let totp = totp_rs::TOTP::new(
+            totp_rs::Algorithm::SHA1,
+            6,
+            1,
+            30,
+            totp_rs::Secret::Encoded(secret).to_bytes().unwrap(),
+            None,
+            "alice".to_string(),
+        )
+        .unwrap();
+        browser.csrf = csrf_of(&setup);
+        let code = format!("code={}", totp.generate_current().unwrap());
+        let (status, recovery) = browser.post("/mfa/verify", &[&code]);
+        assert_eq!(status, 200);
+        assert!(recovery.contains("id=\"recovery-codes\""), "{recovery}");
+        browser
+    }
+
+    fn jar(&self) -> &str {
+        self.jar.path().to_str().unwrap()
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        curl(self.postern, &["-c", self.jar(), "-b", self.jar()], path)
+    }
+
+    /// Posts `fields` (`name=value`, URL-encoded here) with the session's token.
+    fn post(&self, path: &str, fields: &[&str]) -> (u16, String) {
+        let csrf = format!("csrf={}", self.csrf);
+        let mut args = vec!["-c", self.jar(), "-b", self.jar()];
+        for field in std::iter::once(&csrf.as_str()).chain(fields) {
+            args.extend(["--data-urlencode", field]);
+        }
+        curl(self.postern, &args, path)
+    }
+
+    /// Creates an app password for IMAP and SMTP; returns the page that shows it.
+    fn create(&self, name: &str) -> String {
+        let (status, page) = self.post(
+            "/app-passwords",
+            &[&format!("name={name}"), "scopes=imap", "scopes=smtp"],
+        );
+        assert_eq!(status, 200, "{page}");
+        page
+    }
+}
+
+/// Runs one SQL statement on postern's store, as a clock moving on would.
+async fn store_sql(postern: &Postern, statement: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&postern.config.store.url)
+        .await
+        .expect("open the store");
+    sqlx::query(statement)
+        .execute(&pool)
+        .await
+        .expect("run the statement");
+    pool.close().await;
+}
+
 /// A user who already holds 40 live app passwords (the limit) is told to revoke one first;
-/// the 41st is not created. Driven with curl: sign-in, TOTP set-up with a code computed
-/// from the key on the page, then the create form.
+/// the 41st is not created.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_41st_app_password_is_refused_with_a_clear_page() {
     let (_dovecot, postern) = setup().await;
@@ -366,70 +472,8 @@ async fn the_41st_app_password_is_refused_with_a_clear_page() {
             .issue("alice@example.test", &[postern::store::Scope::Imap], None)
             .await;
     }
-    let jar = tempfile::NamedTempFile::new().unwrap();
-    let jar = jar.path().to_str().unwrap().to_string();
-    let token = |page: &str| {
-        page.split("name=\"csrf\" value=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .expect("the form carries a token")
-            .to_string()
-    };
-    let (_, page) = curl(&postern, &["-c", &jar, "-b", &jar], "/");
-    let post = |path: &str, fields: &[String]| {
-        let mut args = vec!["-c".to_string(), jar.clone(), "-b".to_string(), jar.clone()];
-        for field in fields {
-            args.push("--data-urlencode".to_string());
-            args.push(field.clone());
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        curl(&postern, &args, path)
-    };
-    let (status, _) = post(
-        "/sign-in",
-        &[
-            format!("csrf={}", token(&page)),
-            "login=alice@example.test".to_string(),
-            format!("password={PRIMARY_PASSWORD}"),
-        ],
-    );
-    assert_eq!(status, 303);
-    let (_, setup) = curl(&postern, &["-c", &jar, "-b", &jar], "/mfa");
-    let secret = setup
-        .split("id=\"totp-secret\">")
-        .nth(1)
-        .and_then(|rest| rest.split('<').next())
-        .expect("the key is on the page")
-        .to_string();
-    let totp = totp_rs::TOTP::new(
-        totp_rs::Algorithm::SHA1,
-        6,
-        1,
-        30,
-        totp_rs::Secret::Encoded(secret).to_bytes().unwrap(),
-        None,
-        "alice".to_string(),
-    )
-    .unwrap();
-    let csrf = token(&setup);
-    let (status, recovery) = post(
-        "/mfa/verify",
-        &[
-            format!("csrf={csrf}"),
-            format!("code={}", totp.generate_current().unwrap()),
-        ],
-    );
-    assert_eq!(status, 200);
-    assert!(recovery.contains("id=\"recovery-codes\""), "{recovery}");
-    let (status, page) = post(
-        "/app-passwords",
-        &[
-            format!("csrf={csrf}"),
-            "name=one too many".to_string(),
-            "scopes=imap".to_string(),
-        ],
-    );
-    assert_eq!(status, 200);
+    let browser = SignedIn::new(&postern);
+    let page = browser.create("one too many");
     assert!(
         page.contains("You have as many app passwords as allowed."),
         "{page}"
@@ -438,5 +482,148 @@ async fn the_41st_app_password_is_refused_with_a_clear_page() {
     let listed = postern.cli(&["app-password", "list", "alice@example.test", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 40);
+    postern.stop().await;
+}
+
+/// Creating needs a sign-in within 10 minutes: later, the page asks to sign in again and
+/// nothing is made. A session idle past its time is over: the pages ask to sign in, and
+/// its forms change nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_old_sign_in_or_an_idle_session_creates_nothing() {
+    let (_dovecot, postern) = setup().await;
+    let browser = SignedIn::new(&postern);
+    store_sql(
+        &postern,
+        "UPDATE portal_sessions SET password_at = password_at - 660, mfa_at = mfa_at - 660",
+    )
+    .await;
+    let page = browser.create("too late");
+    assert!(
+        page.contains("For your security, sign in again to create an app password."),
+        "{page}"
+    );
+    assert!(!page.contains("id=\"new-app-password\""));
+
+    store_sql(
+        &postern,
+        "UPDATE portal_sessions SET last_seen_at = last_seen_at - 16 * 60",
+    )
+    .await;
+    let (status, page) = browser.get("/app-passwords");
+    assert_eq!(status, 303);
+    assert!(page.contains("location: /"), "{page}");
+    let (status, page) = browser.post("/app-passwords/revoke-all", &[]);
+    assert_eq!(
+        status, 403,
+        "the session's token is no longer this browser's: {page}"
+    );
+    let listed = postern.cli(&["app-password", "list", "alice@example.test", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 0);
+    postern.stop().await;
+}
+
+/// Right after creation the page offers an Apple configuration profile behind a
+/// single-use link (also as a QR code): it parses (Python's plistlib) into IMAP and SMTP
+/// accounts with the configured hosts and ports, the login and the new password, which
+/// logs in; the link works once; a revoked password's link gives nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_phone_gets_its_profile_once() {
+    let (_dovecot, postern) = setup().await;
+    let browser = SignedIn::new(&postern);
+    let page = browser.create("iPhone");
+    let shown = element(&page, "new-app-password").expect("the password is shown");
+    remember_secrets([shown.clone()]);
+    assert!(page.contains("id=\"profile-qr\"><svg"), "{page}");
+    let link = page
+        .split("id=\"profile\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a profile link")
+        .to_string();
+    let path = link
+        .split_once("/device/")
+        .map(|(_, token)| format!("/device/{token}"))
+        .unwrap();
+    assert!(link.starts_with("https://localhost:"), "{link}");
+
+    let profile = tempfile::NamedTempFile::new().unwrap();
+    let fetched = Command::new("curl")
+        .args(["-sS", "-o"])
+        .arg(profile.path())
+        .args(["-w", "%{http_code} %{content_type}", "--cacert"])
+        .arg(&postern.ca_path)
+        .arg(format!("{}{path}", base_url(&postern)))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&fetched.stdout),
+        "200 application/x-apple-aspen-config"
+    );
+    let parsed = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import json, plistlib, sys\n\
+             p = plistlib.load(open(sys.argv[1], 'rb'))\n\
+             m = p['PayloadContent'][0]\n\
+             print(json.dumps([p['PayloadType'], m['PayloadType'], m['EmailAccountType'],\n\
+               m['IncomingMailServerHostName'], m['IncomingMailServerPortNumber'],\n\
+               m['IncomingMailServerUseSSL'], m['IncomingMailServerUsername'],\n\
+               m['IncomingPassword'], m['OutgoingMailServerHostName'],\n\
+               m['OutgoingMailServerPortNumber'], m['OutgoingMailServerUsername'],\n\
+               m['OutgoingPassword'], m['EmailAddress']]))",
+        ])
+        .arg(profile.path())
+        .output()
+        .unwrap();
+    assert!(parsed.status.success(), "{parsed:?}");
+    let parsed: serde_json::Value = serde_json::from_slice(&parsed.stdout).unwrap();
+    assert_eq!(
+        parsed,
+        serde_json::json!([
+            "Configuration",
+            "com.apple.mail.managed",
+            "EmailTypeIMAP",
+            "mail.example.test",
+            993,
+            true,
+            "alice@example.test",
+            shown,
+            "mail.example.test",
+            465,
+            "alice@example.test",
+            shown,
+            "alice@example.test"
+        ])
+    );
+    let (mut client, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    let login = client
+        .command("a1", &format!("LOGIN alice@example.test \"{shown}\""))
+        .await;
+    assert!(login.last().unwrap().starts_with("a1 OK"), "{login:?}");
+
+    let (status, again) = curl(&postern, &[], &path);
+    assert_eq!(status, 410, "a link works once: {again}");
+    assert!(again.contains("already used or has expired"), "{again}");
+
+    // A link whose password was revoked before it was opened gives nothing.
+    let page = browser.create("iPad");
+    let second = page
+        .split("id=\"profile\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split_once("/device/"))
+        .and_then(|(_, rest)| rest.split('"').next())
+        .map(|token| format!("/device/{token}"))
+        .unwrap();
+    let (status, _) = browser.post("/app-passwords/revoke-all", &[]);
+    assert_eq!(status, 303);
+    let (status, _) = curl(&postern, &[], &second);
+    assert_eq!(status, 410);
+    let (status, _) = curl(&postern, &[], "/device/not-a-token");
+    assert_eq!(status, 410);
+    let audit = postern.cli(&["audit", "--user", "alice@example.test", "--json"]);
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(audit.contains("device_profile_fetched"), "{audit}");
+    assert!(audit.contains("source=portal"), "{audit}");
     postern.stop().await;
 }

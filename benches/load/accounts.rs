@@ -52,6 +52,7 @@ impl Issuer {
                             name: &label,
                             scopes: &[Scope::Imap, Scope::Smtp],
                             expires_at: None,
+                            actor: postern::accounts::Actor::Cli,
                         })
                         .await
                         .expect("issue app password");

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::browser::Browser;
 use super::pages::{self, AppPasswordsPage, Fields, NewPassword, Row, SignInPage};
+use super::profile;
 use super::Portal;
 use crate::accounts::{AdminError, IssueRequest};
 use crate::clock::now;
@@ -216,16 +217,35 @@ pub async fn create(State(portal): State<Arc<Portal>>, browser: Browser, body: B
         name,
         scopes: &scopes,
         expires_at,
+        actor: browser.actor(),
     };
     let new_password = match portal.accounts.issue_app_password(request).await {
         Ok(issued) => {
             tracing::info!(login = ?session.user.login, app_password_id = issued.app_password.id, "portal: app password created");
             count(&portal, "created", 1);
+            let profile = if profile::fits(&scopes) {
+                let offer = profile::offer(
+                    &portal,
+                    &session.user,
+                    issued.app_password.id,
+                    &issued.password,
+                );
+                match offer.await {
+                    Ok(offer) => Some(offer),
+                    Err(error) => {
+                        tracing::warn!(%error, "portal: cannot keep a device link");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
             let shown = issued.password.expose().clone();
             NewPassword {
                 name: issued.app_password.name.clone(),
                 compact: shown.replace(' ', ""),
                 password: shown,
+                profile,
             }
         }
         Err(AdminError::Store(StoreError::LimitReached { .. })) => {
@@ -275,7 +295,11 @@ pub async fn revoke(
     if !owned {
         return pages::message(t, StatusCode::NOT_FOUND, t.not_found);
     }
-    if let Err(error) = portal.accounts.revoke_app_password(id).await {
+    if let Err(error) = portal
+        .accounts
+        .revoke_app_password(id, browser.actor())
+        .await
+    {
         tracing::warn!(%error, "portal: cannot revoke an app password");
         return pages::failure(t);
     }
@@ -295,7 +319,11 @@ pub async fn revoke_all(
         Ok(session) => session,
         Err(answer) => return answer,
     };
-    match portal.accounts.revoke_all(&session.user.login).await {
+    match portal
+        .accounts
+        .revoke_all(&session.user.login, browser.actor())
+        .await
+    {
         Ok(ids) => count(&portal, "revoked", ids.len() as u64),
         Err(error) => {
             tracing::warn!(%error, "portal: cannot revoke app passwords");

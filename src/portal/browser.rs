@@ -132,6 +132,14 @@ impl Browser {
         posted.as_bytes().ct_eq(self.csrf.as_bytes()).into()
     }
 
+    /// This browser as the actor of an account operation, for its audit event.
+    pub fn actor(&self) -> crate::accounts::Actor<'_> {
+        crate::accounts::Actor::Portal {
+            client_ip: self.client.ip(),
+            browser: self.agent.as_deref(),
+        }
+    }
+
     /// Signs this browser in: a new session cookie (the caller stores its digest).
     pub fn begin_session(&mut self) -> (String, String) {
         let token = random_token();

@@ -82,14 +82,7 @@ async fn setup(portal: &Portal, user: &User) -> Result<Option<TotpSetup>, ()> {
         }
     };
     let totp = totp(&secret, &user.login).map_err(|_| ())?;
-    let qr_svg = qrcode::QrCode::with_error_correction_level(totp.get_url(), qrcode::EcLevel::M)
-        .map(|code| {
-            code.render::<qrcode::render::svg::Color>()
-                .min_dimensions(200, 200)
-                .build()
-        })
-        .map_err(|error| tracing::warn!(%error, "portal: QR code"))?;
-    let qr_svg = qr_svg[qr_svg.find("<svg").unwrap_or(0)..].to_string();
+    let qr_svg = pages::qr_svg(&totp.get_url()).ok_or(())?;
     Ok(Some(TotpSetup { secret, qr_svg }))
 }
 

@@ -8,7 +8,8 @@
 //! Routes: `GET /`, `POST /sign-in`, `GET /mfa`, `POST /mfa/verify`, `GET /app-passwords`,
 //! `POST /app-passwords`, `POST /app-passwords/{id}/revoke`,
 //! `POST /app-passwords/revoke-all`, `POST /sign-out`; a device is set up in one step from
-//! [`device`]: Thunderbird's autoconfig and Outlook's autodiscover.
+//! [`device`]: Thunderbird's autoconfig and Outlook's autodiscover, and from [`profile`]:
+//! an Apple configuration profile behind a single-use link (`GET /device/{token}`).
 
 pub mod app_passwords;
 pub mod browser;
@@ -16,6 +17,7 @@ pub mod device;
 pub mod i18n;
 pub mod mfa;
 pub mod pages;
+pub mod profile;
 pub mod sign_in;
 
 use std::net::SocketAddr;
@@ -82,6 +84,7 @@ impl Portal {
                 get(device::autoconfig),
             )
             .route("/mail/config-v1.1.xml", get(device::autoconfig))
+            .route("/device/{token}", get(profile::fetch))
             .route("/autodiscover/autodiscover.xml", post(device::autodiscover))
             .route("/Autodiscover/Autodiscover.xml", post(device::autodiscover))
             .route("/static/portal.css", get(pages::stylesheet))

@@ -68,6 +68,8 @@ pub struct NewPassword {
     pub password: String,
     /// Without spaces, for the Copy button.
     pub compact: String,
+    /// The single-use link to an Apple configuration profile, when the scopes fit one.
+    pub profile: Option<super::profile::Offer>,
 }
 
 /// The app passwords page: the list, the create form, and a new password once.
@@ -139,12 +141,7 @@ pub fn message(t: &'static Messages, status: StatusCode, text: &'static str) -> 
 
 /// Any other path.
 pub async fn not_found(headers: axum::http::HeaderMap) -> Response {
-    let t = i18n::negotiate(
-        None,
-        headers
-            .get(header::ACCEPT_LANGUAGE)
-            .and_then(|v| v.to_str().ok()),
-    );
+    let t = language(&headers);
     message(t, StatusCode::NOT_FOUND, t.not_found)
 }
 
@@ -218,6 +215,37 @@ fn static_file(content_type: &'static str, body: &'static str) -> Response {
         body,
     )
         .into_response()
+}
+
+/// `text` as an inline SVG QR code (a phone's camera reads it), or `None` if it is too
+/// long for one.
+pub fn qr_svg(text: &str) -> Option<String> {
+    let svg = qrcode::QrCode::with_error_correction_level(text, qrcode::EcLevel::M)
+        .map(|code| {
+            code.render::<qrcode::render::svg::Color>()
+                .min_dimensions(200, 200)
+                .build()
+        })
+        .map_err(|error| tracing::warn!(%error, "portal: QR code"))
+        .ok()?;
+    Some(svg[svg.find("<svg").unwrap_or(0)..].to_string())
+}
+
+/// The catalogue for a request that has no [`super::browser::Browser`]: the language
+/// cookie, else Accept-Language.
+pub fn language(headers: &axum::http::HeaderMap) -> &'static Messages {
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix("postern_lang="));
+    i18n::negotiate(
+        cookie,
+        headers
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok()),
+    )
 }
 
 /// A time for people: `2026-12-07 14:03 UTC`.

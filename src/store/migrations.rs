@@ -31,6 +31,11 @@ const SQLITE: &[Embedded] = &[
         "portal",
         include_str!("../../migrations/sqlite/0002_portal.sql"),
     ),
+    (
+        3,
+        "device_links",
+        include_str!("../../migrations/sqlite/0003_device_links.sql"),
+    ),
 ];
 
 const POSTGRES: &[Embedded] = &[
@@ -43,6 +48,11 @@ const POSTGRES: &[Embedded] = &[
         2,
         "portal",
         include_str!("../../migrations/postgres/0002_portal.sql"),
+    ),
+    (
+        3,
+        "device_links",
+        include_str!("../../migrations/postgres/0003_device_links.sql"),
     ),
 ];
 

@@ -36,7 +36,7 @@ pub use model::{
     UnknownScope, User,
 };
 
-pub use portal::{PortalSession, TotpRecord};
+pub use portal::{DeviceLink, PortalSession, TotpRecord};
 
 use model::{scopes_from_column, scopes_to_column};
 

@@ -1,6 +1,6 @@
 //! The portal's records: signed-in browser sessions (only a digest of each cookie token is
-//! kept), TOTP secrets with the last time step used, and single-use recovery codes (keyed
-//! digests).
+//! kept), TOTP secrets with the last time step used, single-use recovery codes (keyed
+//! digests), and the single-use links that hand a device its profile (sealed).
 
 use super::*;
 
@@ -23,6 +23,19 @@ pub struct TotpRecord {
     pub secret: String,
     /// `None` while being set up: the first right code confirms it.
     pub confirmed_at: Option<i64>,
+}
+
+/// A single-use link to a device profile, as the store keeps it.
+#[derive(Debug, Clone)]
+pub struct DeviceLink {
+    /// SHA-256 of the link's token, hex.
+    pub token_hash: String,
+    pub user_id: i64,
+    /// The app password the profile carries.
+    pub app_password_id: i64,
+    /// The password, sealed with a key only the token gives (base64).
+    pub sealed: String,
+    pub expires_at: i64,
 }
 
 impl Store {
@@ -244,5 +257,59 @@ impl Store {
         }
         tx.commit().await?;
         Ok(user)
+    }
+
+    /// Keeps a single-use device link: its token's digest and the app password it carries,
+    /// sealed. Links past their time go on the way.
+    pub async fn create_device_link(&self, link: &DeviceLink, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM device_links WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO device_links (token_hash, user_id, app_password_id, sealed, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&link.token_hash)
+        .bind(link.user_id)
+        .bind(link.app_password_id)
+        .bind(&link.sealed)
+        .bind(link.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes the device link with this token digest: once, before it expires (it is gone
+    /// from the store either way).
+    pub async fn take_device_link(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Option<DeviceLink>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "SELECT user_id, app_password_id, sealed, expires_at FROM device_links \
+             WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM device_links WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let Some(row) = row else { return Ok(None) };
+        let link = DeviceLink {
+            token_hash: token_hash.to_string(),
+            user_id: row.try_get("user_id")?,
+            app_password_id: row.try_get("app_password_id")?,
+            sealed: row.try_get("sealed")?,
+            expires_at: row.try_get("expires_at")?,
+        };
+        Ok((link.expires_at > now).then_some(link))
     }
 }

@@ -136,6 +136,7 @@ impl Store {
             .ok_or_else(|| StoreError::UnknownUser(login.clone()))?;
         for statement in [
             "DELETE FROM user_addresses WHERE user_id = $1",
+            "DELETE FROM device_links WHERE user_id = $1",
             "DELETE FROM app_passwords WHERE user_id = $1",
             "DELETE FROM portal_sessions WHERE user_id = $1",
             "DELETE FROM totp_secrets WHERE user_id = $1",

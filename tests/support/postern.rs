@@ -399,6 +399,7 @@ proxy_sources = {proxy_sources}
                 name: "test device",
                 scopes,
                 expires_at,
+                actor: postern::accounts::Actor::Cli,
             })
             .await
             .expect("issue app password");
