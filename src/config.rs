@@ -97,6 +97,33 @@ pub struct PortalConfig {
     /// What a device is told to connect to.
     #[serde(default)]
     pub client_settings: ClientSettings,
+    /// The mail a user gets when an app password is made or a second factor changes.
+    #[serde(default)]
+    pub notifications: Notifications,
+}
+
+/// `[portal.notifications]`: a mail to the user, sent through the upstream submission
+/// server as the user (postern's master credentials), when an app password is created or
+/// a second factor changes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notifications {
+    /// On by default; needs an `[upstream.smtp]` section.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The sender address; unset, the user's own address (which the upstream lets the
+    /// user send as).
+    #[serde(default)]
+    pub from: Option<String>,
+}
+
+impl Default for Notifications {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            from: None,
+        }
+    }
 }
 
 /// How the portal checks a primary password.
@@ -793,6 +820,16 @@ impl Config {
                         upstream.master_password_file.display()
                     ));
                 }
+            }
+        }
+        if let Some(portal) = &self.portal {
+            if portal.notifications.enabled && self.upstream.smtp.is_none() {
+                problems.push(
+                    "[portal.notifications] is on but there is no [upstream.smtp] to send through; \
+                     users get no mail about app passwords and second factors (add the section, or \
+                     set enabled = false)"
+                        .to_string(),
+                );
             }
         }
         problems

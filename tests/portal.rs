@@ -627,3 +627,90 @@ async fn a_phone_gets_its_profile_once() {
     assert!(audit.contains("source=portal"), "{audit}");
     postern.stop().await;
 }
+
+/// Every message in `user`'s Maildir/new once there are at least `n` (polled, 10 s at
+/// most: the portal sends beside the page).
+async fn mails(dovecot: &Dovecot, user: &str, n: usize) -> Vec<String> {
+    let new = dovecot.maildir(user).join("new");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&new)
+            .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        if paths.len() >= n || std::time::Instant::now() > deadline {
+            paths.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+            return paths
+                .iter()
+                .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned())
+                .collect();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Setting up TOTP and creating an app password each send the user a mail through the
+/// real Dovecot submission path, in the page's language: what, when, from where, where to
+/// undo it; never the password.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_are_mailed_to_the_user() {
+    let (dovecot, postern) = setup().await;
+    let browser = SignedIn::new(&postern);
+    let (status, _) = browser.get("/app-passwords?lang=ja");
+    assert_eq!(status, 200);
+    let page = browser.create("Laptop");
+    let shown = element(&page, "new-app-password").expect("the password is shown");
+    remember_secrets([shown.clone()]);
+
+    let delivered = mails(&dovecot, "alice", 2).await;
+    assert_eq!(delivered.len(), 2, "{}", dovecot.all_logs());
+    let parsed: Vec<_> = delivered
+        .iter()
+        .map(|raw| {
+            mail_parser::MessageParser::default()
+                .parse(raw.as_bytes())
+                .unwrap()
+        })
+        .collect();
+    let (mfa, created) = (&parsed[0], &parsed[1]);
+    assert_eq!(
+        mfa.subject(),
+        Some("Two-step verification changed for your account")
+    );
+    let body = mfa.body_text(0).unwrap();
+    assert!(body.contains("What: Authenticator app set up"), "{body}");
+    assert!(body.contains("From: 127.0.0.1 (curl/"), "{body}");
+    let public_url = &postern.config.portal.as_ref().unwrap().public_url;
+    assert!(body.contains(public_url.as_str()), "{body}");
+    assert_eq!(
+        created.subject(),
+        Some("アカウントに新しいアプリパスワードが作成されました")
+    );
+    let body = created.body_text(0).unwrap();
+    assert!(body.contains("内容: アプリパスワード: Laptop"), "{body}");
+    for (message, raw) in parsed.iter().zip(&delivered) {
+        assert_eq!(
+            message
+                .to()
+                .and_then(|a| a.first())
+                .and_then(|a| a.address()),
+            Some("alice@example.test")
+        );
+        assert_eq!(
+            message.header("Auto-Submitted").and_then(|h| h.as_text()),
+            Some("auto-generated")
+        );
+        assert!(!raw.contains(&shown) && !raw.contains(&shown.replace(' ', "")));
+    }
+    assert_eq!(
+        metric(
+            &postern.metrics(),
+            "postern_portal_notifications_total{result=\"sent\"}"
+        ),
+        2.0
+    );
+    let audit = postern.cli(&["audit", "--user", "alice@example.test", "--json"]);
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(audit.contains("mfa_added"), "{audit}");
+    assert!(audit.contains("method=totp"), "{audit}");
+    postern.stop().await;
+}

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub portal_mfa: IntCounterVec,
     /// App passwords created and revoked from the portal, by action.
     pub portal_app_passwords: IntCounterVec,
+    /// Mails telling users of a change from the portal, by result (`sent`, `failed`).
+    pub portal_notifications: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -220,6 +222,13 @@ impl Metrics {
                 "postern_portal_app_passwords_total",
                 "App passwords created or revoked from the portal.",
                 &["action"],
+            ),
+            portal_notifications: counter_vec(
+                r,
+                "postern_portal_notifications_total",
+                "Mails telling a user of an app password created or a second factor changed, by \
+                 result.",
+                &["result"],
             ),
             build_info,
             registry,

@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::browser::Browser;
 use super::pages::{self, AppPasswordsPage, Fields, NewPassword, Row, SignInPage};
-use super::profile;
 use super::Portal;
+use super::{notify, profile};
 use crate::accounts::{AdminError, IssueRequest};
 use crate::clock::now;
 use crate::store::{AppPassword, PortalSession, Scope, StoreError};
@@ -223,6 +223,10 @@ pub async fn create(State(portal): State<Arc<Portal>>, browser: Browser, body: B
         Ok(issued) => {
             tracing::info!(login = ?session.user.login, app_password_id = issued.app_password.id, "portal: app password created");
             count(&portal, "created", 1);
+            let change = notify::Change::AppPasswordCreated {
+                name: &issued.app_password.name,
+            };
+            notify::send(&portal, &session.user, &browser, change);
             let profile = if profile::fits(&scopes) {
                 let offer = profile::offer(
                     &portal,

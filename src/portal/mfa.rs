@@ -14,6 +14,7 @@ use subtle::ConstantTimeEq;
 use totp_rs::{Secret as TotpSecret, TOTP};
 
 use super::browser::{hex, Browser};
+use super::notify::{self, Change};
 use super::pages::{self, Fields, MfaPage, RecoveryPage, TotpSetup};
 use super::Portal;
 use crate::auth::{password, Secret};
@@ -148,6 +149,13 @@ pub async fn verify(State(portal): State<Arc<Portal>>, browser: Browser, body: B
         .portal_mfa
         .with_label_values(&[method, result])
         .inc();
+    portal.audit(
+        &browser,
+        "portal_mfa",
+        &user.login,
+        result,
+        Some(format!("method={method}")),
+    );
     if !passed {
         let digest = gateway.verifier.lookup_key().cache_key(&user.login, &typed);
         let delay = gateway.penalties.failed(ip, &user.login, digest).await;
@@ -174,6 +182,18 @@ pub async fn verify(State(portal): State<Arc<Portal>>, browser: Browser, body: B
     if let Err(error) = store.replace_recovery_codes(user.id, &digests).await {
         return failure(&browser, error);
     }
+    let change = Change::Mfa {
+        what: t.mfa_totp_added,
+        name: None,
+    };
+    portal.audit(
+        &browser,
+        "mfa_added",
+        &user.login,
+        "ok",
+        Some("method=totp".into()),
+    );
+    notify::send(&portal, user, &browser, change);
     let response = pages::render(
         StatusCode::OK,
         &RecoveryPage {

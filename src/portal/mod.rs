@@ -16,6 +16,7 @@ pub mod browser;
 pub mod device;
 pub mod i18n;
 pub mod mfa;
+pub mod notify;
 pub mod pages;
 pub mod profile;
 pub mod sign_in;
@@ -63,6 +64,29 @@ impl Portal {
             config,
             accounts,
         }))
+    }
+
+    /// Records what `browser` did as `login` in the audit trail, with its address and
+    /// browser.
+    pub fn audit(
+        &self,
+        browser: &browser::Browser,
+        kind: &'static str,
+        login: &str,
+        result: &'static str,
+        detail: Option<String>,
+    ) {
+        self.gateway.audit.record(crate::ops::audit::Event {
+            at: crate::clock::now(),
+            kind,
+            login: login.to_string(),
+            app_password_id: None,
+            protocol: None,
+            client_ip: Some(browser.client.ip().to_string()),
+            client_id: browser.agent.clone(),
+            result: Some(result),
+            detail,
+        });
     }
 
     /// Every route.

@@ -16,7 +16,6 @@ use super::Portal;
 use crate::auth::{password, Secret};
 use crate::clock::now;
 use crate::imap;
-use crate::ops::audit;
 
 /// How the upstream answered a sign-in.
 enum Checked {
@@ -150,17 +149,7 @@ fn record(portal: &Portal, login: &str, browser: &Browser, result: &'static str)
     } else {
         tracing::warn!(login = ?login_shown, %client_ip, result, "portal sign-in failed");
     }
-    portal.gateway.audit.record(audit::Event {
-        at: now(),
-        kind: "portal_sign_in",
-        login: login.to_string(),
-        app_password_id: None,
-        protocol: None,
-        client_ip: Some(client_ip.to_string()),
-        client_id: browser.agent.clone(),
-        result: Some(result),
-        detail: None,
-    });
+    portal.audit(browser, "portal_sign_in", login, result, None);
 }
 
 /// `POST /sign-out`: ends the session here and in the store.

@@ -33,7 +33,7 @@ const SQLITE: &[Embedded] = &[
     ),
     (
         3,
-        "device_links",
+        "device links",
         include_str!("../../migrations/sqlite/0003_device_links.sql"),
     ),
 ];
@@ -51,7 +51,7 @@ const POSTGRES: &[Embedded] = &[
     ),
     (
         3,
-        "device_links",
+        "device links",
         include_str!("../../migrations/postgres/0003_device_links.sql"),
     ),
 ];
