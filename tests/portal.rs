@@ -208,6 +208,62 @@ async fn a_person_signs_in_sets_up_totp_and_gets_an_app_password_in_a_browser() 
     postern.stop().await;
 }
 
+/// A user sets up a passkey instead of TOTP (Chromium's virtual authenticator), adds a
+/// second one, signs in with it, removes the first, and cannot remove the last.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_sets_up_passkeys_and_signs_in_with_one() {
+    let (dovecot, postern) = setup().await;
+    let output = browser(&postern, &["passkeys"]).await;
+    let result: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("browser.py prints JSON");
+    let field = |name: &str| result[name].as_str().unwrap_or_default().to_string();
+    for code in result["recovery_codes"].as_array().unwrap() {
+        remember_secrets([code.as_str().unwrap().to_string()]);
+    }
+    assert!(field("first_listed").contains("Passkey"), "{result}");
+    assert_eq!(field("totp_state"), "Not set up.");
+    assert!(field("both_listed").contains("Security key"), "{result}");
+    assert_eq!(field("after_passkey"), "App passwords");
+    assert_eq!(
+        field("verify_intro"),
+        "No passkey at hand? Enter one of your recovery codes."
+    );
+    assert!(!field("one_left").contains("\nPasskey"), "{result}");
+    assert!(field("one_left").contains("Security key"), "{result}");
+    assert_eq!(
+        field("last_kept"),
+        "This is your only sign-in method. Add another before you remove it."
+    );
+    assert!(field("still_listed").contains("Security key"));
+    assert_eq!(field("japanese_title"), "サインイン方法");
+    assert_eq!(field("home_after_switch"), "アプリパスワード");
+
+    let user = postern
+        .store
+        .user("alice@example.test")
+        .await
+        .unwrap()
+        .unwrap();
+    let keys = postern.store.passkeys(user.id).await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert!(keys[0].last_used_at.is_some(), "the sign-in is recorded");
+    let metrics = postern.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "postern_portal_mfa_total{method=\"passkey\",result=\"ok\"}"
+        ),
+        1.0
+    );
+    let audit = postern.cli(&["audit", "--user", "alice@example.test", "--json"]);
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(audit.contains("method=passkey"), "{audit}");
+    assert!(audit.contains("mfa_removed"), "{audit}");
+    // Two added, one removed: three mails, on top of none for TOTP.
+    assert_eq!(mails(&dovecot, "alice", 3).await.len(), 3);
+    postern.stop().await;
+}
+
 /// Every form needs its CSRF token; a wrong password and an unknown user are answered
 /// alike; the sign-in page follows Accept-Language.
 #[tokio::test(flavor = "multi_thread")]

@@ -12,6 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 
+use super::access::{self, acting, ready, Ready};
 use super::browser::Browser;
 use super::pages::{self, AppPasswordsPage, Fields, NewPassword, Row, SignInPage};
 use super::Portal;
@@ -19,9 +20,6 @@ use super::{notify, profile};
 use crate::accounts::{AdminError, IssueRequest};
 use crate::clock::now;
 use crate::store::{AppPassword, PortalSession, Scope, StoreError};
-
-/// How recent the sign-in must be to create an app password.
-const RECENT: i64 = 10 * 60;
 
 /// Longest name of an app password.
 const MAX_NAME: usize = 100;
@@ -34,58 +32,24 @@ pub async fn home(State(portal): State<Arc<Portal>>, browser: Browser) -> Respon
     match ready(&portal, &browser) {
         Ready::Yes(_) => list(State(portal), browser).await,
         Ready::NeedsMfa => (browser.jar, Redirect::to("/mfa")).into_response(),
-        Ready::SignIn => sign_in_page(browser, None),
+        Ready::SignIn => sign_in_page(&browser, None),
     }
 }
 
-/// Whether the browser may see its app passwords.
-enum Ready<'b> {
-    Yes(&'b PortalSession),
-    NeedsMfa,
-    SignIn,
-}
-
-fn ready<'b>(portal: &Portal, browser: &'b Browser) -> Ready<'b> {
-    match &browser.session {
-        None => Ready::SignIn,
-        Some((_, session)) if portal.config.require_mfa && session.mfa_at.is_none() => {
-            Ready::NeedsMfa
-        }
-        Some((_, session)) => Ready::Yes(session),
-    }
-}
-
-/// The session a posted form acts for: the right CSRF token, signed in and past the
-/// second factor; else the answer to give instead.
-#[allow(clippy::result_large_err)] // the error is the page itself, answered at once
-fn acting<'b>(
-    portal: &Portal,
-    browser: &'b Browser,
-    form: &Fields,
-) -> Result<&'b PortalSession, Response> {
-    if !browser.csrf_ok(form.get("csrf")) {
-        return Err(pages::forbidden(browser.t));
-    }
-    match ready(portal, browser) {
-        Ready::Yes(session) => Ok(session),
-        Ready::NeedsMfa => Err(Redirect::to("/mfa").into_response()),
-        Ready::SignIn => Err(Redirect::to("/").into_response()),
-    }
-}
-
-fn sign_in_page(browser: Browser, notice: Option<&'static str>) -> Response {
+pub(super) fn sign_in_page(browser: &Browser, notice: Option<&'static str>) -> Response {
     let response = pages::render(
         StatusCode::OK,
         &SignInPage {
             t: browser.t,
             csrf: &browser.csrf,
             signed_in: false,
+            nav: false,
             login: "",
             error: None,
             notice,
         },
     );
-    (browser.jar, response).into_response()
+    (browser.jar.clone(), response).into_response()
 }
 
 /// `GET /app-passwords`.
@@ -124,6 +88,7 @@ async fn page(
             t,
             csrf: &browser.csrf,
             signed_in: true,
+            nav: true,
             login: &session.user.login,
             rows,
             new_password,
@@ -173,13 +138,11 @@ pub async fn create(State(portal): State<Arc<Portal>>, browser: Browser, body: B
         Ok(session) => session,
         Err(answer) => return answer,
     };
-    let at = now();
-    let recent = at - session.password_at <= RECENT
-        && (!portal.config.require_mfa || session.mfa_at.is_some_and(|mfa| at - mfa <= RECENT));
-    if !recent {
+    if !access::recent(&portal, session) {
         let t = browser.t;
-        return sign_in_page(browser, Some(t.sign_in_again));
+        return sign_in_page(&browser, Some(t.sign_in_again));
     }
+    let at = now();
     let name = form.get("name").unwrap_or("").trim();
     let mut scopes = Vec::new();
     for value in form.all("scopes") {

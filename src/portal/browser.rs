@@ -10,13 +10,10 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::i18n::{self, Messages};
+use super::token::{random_token, token_hash};
 use super::{ClientAddr, Portal};
 use crate::clock::now;
 use crate::store::PortalSession;
@@ -162,21 +159,4 @@ fn cookie(name: &'static str, value: String, http_only: bool) -> Cookie<'static>
         .http_only(http_only)
         .same_site(SameSite::Strict)
         .build()
-}
-
-/// 32 random bytes, URL-safe base64.
-pub fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// What the store keeps of a session token: its SHA-256, hex.
-pub fn token_hash(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
-
-/// Lowercase hex, as the store keeps digests.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

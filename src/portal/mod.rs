@@ -5,12 +5,19 @@
 //! on the server ([`pages`]) in English or Japanese ([`i18n`]); [`browser`] says who a
 //! request comes from (session cookie, CSRF token, language).
 //!
-//! Routes: `GET /`, `POST /sign-in`, `GET /mfa`, `POST /mfa/verify`, `GET /app-passwords`,
+//! Passkeys are [`passkeys`]; the user's sign-in methods are managed on [`security`];
+//! [`access`] says what a request may do; [`notify`] mails the user about changes.
+//!
+//! Routes: `GET /`, `POST /sign-in`, `GET /mfa`, `POST /mfa/verify`,
+//! `POST /mfa/passkeys/{register,sign-in}/{start,finish}`, `GET /security`,
+//! `GET /security/totp`, `POST /security/totp/remove`, `POST /security/passkeys/{id}/remove`,
+//! `POST /security/recovery-codes`, `GET /app-passwords`,
 //! `POST /app-passwords`, `POST /app-passwords/{id}/revoke`,
 //! `POST /app-passwords/revoke-all`, `POST /sign-out`; a device is set up in one step from
 //! [`device`]: Thunderbird's autoconfig and Outlook's autodiscover, and from [`profile`]:
 //! an Apple configuration profile behind a single-use link (`GET /device/{token}`).
 
+pub mod access;
 pub mod app_passwords;
 pub mod browser;
 pub mod device;
@@ -18,8 +25,11 @@ pub mod i18n;
 pub mod mfa;
 pub mod notify;
 pub mod pages;
+pub mod passkeys;
 pub mod profile;
+pub mod security;
 pub mod sign_in;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +54,17 @@ pub struct Portal {
     pub gateway: Arc<Gateway>,
     pub config: PortalConfig,
     pub accounts: Accounts,
+    /// The passkey relying party of `public_url`.
+    pub webauthn: webauthn_rs::Webauthn,
+}
+
+/// Why the portal cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum PortalError {
+    #[error(transparent)]
+    Accounts(#[from] AdminError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The client's address, as the connection's task saw it.
@@ -52,7 +73,11 @@ pub struct ClientAddr(pub SocketAddr);
 
 impl Portal {
     /// The portal over `gateway`'s services.
-    pub async fn new(gateway: Arc<Gateway>, config: PortalConfig) -> Result<Arc<Self>, AdminError> {
+    pub async fn new(
+        gateway: Arc<Gateway>,
+        config: PortalConfig,
+    ) -> Result<Arc<Self>, PortalError> {
+        let webauthn = passkeys::relying_party(&config).map_err(PortalError::Config)?;
         let accounts = Accounts::new(
             gateway.store.clone(),
             gateway.verifier.hasher().clone(),
@@ -63,6 +88,7 @@ impl Portal {
             gateway,
             config,
             accounts,
+            webauthn,
         }))
     }
 
@@ -98,6 +124,30 @@ impl Portal {
             .route("/mfa", get(mfa::page))
             .route("/mfa/verify", post(mfa::verify))
             .route(
+                "/mfa/passkeys/register/start",
+                post(passkeys::register_start),
+            )
+            .route(
+                "/mfa/passkeys/register/finish",
+                post(passkeys::register_finish),
+            )
+            .route("/mfa/passkeys/sign-in/start", post(passkeys::sign_in_start))
+            .route(
+                "/mfa/passkeys/sign-in/finish",
+                post(passkeys::sign_in_finish),
+            )
+            .route("/security", get(security::show))
+            .route("/security/totp", get(security::add_totp))
+            .route("/security/totp/remove", post(security::remove_totp))
+            .route(
+                "/security/passkeys/{id}/remove",
+                post(security::remove_passkey),
+            )
+            .route(
+                "/security/recovery-codes",
+                post(security::renew_recovery_codes),
+            )
+            .route(
                 "/app-passwords",
                 get(app_passwords::list).post(app_passwords::create),
             )
@@ -113,7 +163,9 @@ impl Portal {
             .route("/Autodiscover/Autodiscover.xml", post(device::autodiscover))
             .route("/static/portal.css", get(pages::stylesheet))
             .route("/static/copy.js", get(pages::script))
+            .route("/static/passkey.js", get(pages::passkey_script))
             .fallback(pages::not_found)
+            .method_not_allowed_fallback(pages::not_a_page)
             .layer(axum::middleware::map_response(pages::security_headers))
             .layer(DefaultBodyLimit::max(MAX_FORM))
             .with_state(self.clone())

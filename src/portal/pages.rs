@@ -14,6 +14,8 @@ pub struct SignInPage<'a> {
     pub t: &'static Messages,
     pub csrf: &'a str,
     pub signed_in: bool,
+    /// The links to the signed-in pages, once past the second factor.
+    pub nav: bool,
     pub login: &'a str,
     pub error: Option<&'static str>,
     pub notice: Option<&'static str>,
@@ -27,14 +29,48 @@ pub struct TotpSetup {
     pub qr_svg: String,
 }
 
-/// The second-factor page: set-up (QR code and key) or verification.
+/// The second-factor page: set-up (TOTP's QR code and key, or a passkey) or
+/// verification (a passkey, or a code).
 #[derive(Template)]
 #[template(path = "mfa.html")]
 pub struct MfaPage<'a> {
     pub t: &'static Messages,
     pub csrf: &'a str,
     pub signed_in: bool,
+    /// The links to the signed-in pages, once past the second factor.
+    pub nav: bool,
+    /// The user has no second factor yet: TOTP's set-up, or a passkey instead.
+    pub first: bool,
+    /// A TOTP secret being set up.
     pub setup: Option<TotpSetup>,
+    /// Verification offers a passkey.
+    pub passkeys: bool,
+    /// Verification takes a code (TOTP or recovery).
+    pub codes: bool,
+    /// Among the codes, TOTP's.
+    pub totp: bool,
+    pub error: Option<&'static str>,
+}
+
+/// One passkey in the list.
+pub struct PasskeyRow {
+    pub id: i64,
+    pub name: String,
+    pub created: String,
+    pub last_used: String,
+}
+
+/// The sign-in methods page: TOTP, passkeys, recovery codes left.
+#[derive(Template)]
+#[template(path = "security.html")]
+pub struct SecurityPage<'a> {
+    pub t: &'static Messages,
+    pub csrf: &'a str,
+    pub signed_in: bool,
+    pub nav: bool,
+    pub totp: bool,
+    pub passkeys: Vec<PasskeyRow>,
+    pub recovery_codes: i64,
     pub error: Option<&'static str>,
 }
 
@@ -45,6 +81,8 @@ pub struct RecoveryPage<'a> {
     pub t: &'static Messages,
     pub csrf: &'a str,
     pub signed_in: bool,
+    /// The links to the signed-in pages, once past the second factor.
+    pub nav: bool,
     pub codes: Vec<String>,
 }
 
@@ -69,7 +107,14 @@ pub struct NewPassword {
     /// Without spaces, for the Copy button.
     pub compact: String,
     /// The single-use link to an Apple configuration profile, when the scopes fit one.
-    pub profile: Option<super::profile::Offer>,
+    pub profile: Option<ProfileOffer>,
+}
+
+/// The Apple configuration profile offered for a new password: its single-use link, and
+/// the link as a QR code.
+pub struct ProfileOffer {
+    pub url: String,
+    pub qr_svg: String,
 }
 
 /// The app passwords page: the list, the create form, and a new password once.
@@ -79,6 +124,8 @@ pub struct AppPasswordsPage<'a> {
     pub t: &'static Messages,
     pub csrf: &'a str,
     pub signed_in: bool,
+    /// The links to the signed-in pages, once past the second factor.
+    pub nav: bool,
     pub login: &'a str,
     pub rows: Vec<Row>,
     pub new_password: Option<NewPassword>,
@@ -94,6 +141,8 @@ pub struct MessagePage<'a> {
     pub t: &'static Messages,
     pub csrf: &'a str,
     pub signed_in: bool,
+    /// The links to the signed-in pages, once past the second factor.
+    pub nav: bool,
     pub message: &'static str,
 }
 
@@ -134,6 +183,7 @@ pub fn message(t: &'static Messages, status: StatusCode, text: &'static str) -> 
             t,
             csrf: "",
             signed_in: false,
+            nav: false,
             message: text,
         },
     )
@@ -143,6 +193,20 @@ pub fn message(t: &'static Messages, status: StatusCode, text: &'static str) -> 
 pub async fn not_found(headers: axum::http::HeaderMap) -> Response {
     let t = language(&headers);
     message(t, StatusCode::NOT_FOUND, t.not_found)
+}
+
+/// A GET of an address that only takes forms: the address bar of a page that answered a
+/// form (reloaded, or its language switched) goes home, where the query (`?lang=`) still
+/// applies; any other method gets 405.
+pub async fn not_a_page(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    if method != axum::http::Method::GET {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    let home = match uri.query() {
+        Some(query) if query.len() <= 64 => format!("/?{query}"),
+        _ => "/".to_string(),
+    };
+    axum::response::Redirect::to(&home).into_response()
 }
 
 /// A posted form (`application/x-www-form-urlencoded`); a field may repeat.
@@ -198,11 +262,19 @@ pub async fn stylesheet() -> Response {
     )
 }
 
-/// The portal's one script (the Copy button), compiled in.
+/// The Copy button's script, compiled in.
 pub async fn script() -> Response {
     static_file(
         "text/javascript; charset=utf-8",
         include_str!("../../static/copy.js"),
+    )
+}
+
+/// The passkey ceremonies' script, compiled in.
+pub async fn passkey_script() -> Response {
+    static_file(
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/passkey.js"),
     )
 }
 
@@ -231,7 +303,7 @@ pub fn qr_svg(text: &str) -> Option<String> {
     Some(svg[svg.find("<svg").unwrap_or(0)..].to_string())
 }
 
-/// The catalogue for a request that has no [`super::browser::Browser`]: the language
+/// The catalogue for a request that has no `Browser` (no session): the language
 /// cookie, else Accept-Language.
 pub fn language(headers: &axum::http::HeaderMap) -> &'static Messages {
     let cookie = headers

@@ -17,8 +17,8 @@ use plist::{Dictionary, Value};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use sha2::{Digest, Sha256};
 
-use super::browser::{random_token, token_hash};
-use super::pages;
+use super::pages::{self, ProfileOffer};
+use super::token::{random_token, token_hash};
 use super::{ClientAddr, Portal};
 use crate::auth::Secret;
 use crate::clock::now;
@@ -27,12 +27,6 @@ use crate::store::{DeviceLink, Scope, StoreError, User};
 
 /// How long a profile link works, in seconds.
 pub const LINK_LIFETIME: i64 = 10 * 60;
-
-/// The profile offered on the page: its link and the link as a QR code.
-pub struct Offer {
-    pub url: String,
-    pub qr_svg: String,
-}
 
 /// Whether a new app password with these scopes gets a profile: Apple Mail's account needs
 /// IMAP; SMTP comes with it.
@@ -47,7 +41,7 @@ pub async fn offer(
     user: &User,
     app_password_id: i64,
     password: &Secret<String>,
-) -> Result<Offer, StoreError> {
+) -> Result<ProfileOffer, StoreError> {
     let token = random_token();
     let link = DeviceLink {
         token_hash: token_hash(&token),
@@ -66,7 +60,7 @@ pub async fn offer(
         portal.config.public_url.trim_end_matches('/')
     );
     let qr_svg = pages::qr_svg(&url).unwrap_or_default();
-    Ok(Offer { url, qr_svg })
+    Ok(ProfileOffer { url, qr_svg })
 }
 
 /// `GET /device/{token}`: the profile, once; afterwards, or after its time, a page that

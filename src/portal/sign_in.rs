@@ -45,6 +45,7 @@ pub async fn sign_in(
                 t,
                 csrf: &browser.csrf,
                 signed_in: false,
+                nav: false,
                 login: &typed_login,
                 error: Some(error),
                 notice: None,

@@ -36,6 +36,11 @@ const SQLITE: &[Embedded] = &[
         "device links",
         include_str!("../../migrations/sqlite/0003_device_links.sql"),
     ),
+    (
+        4,
+        "passkeys",
+        include_str!("../../migrations/sqlite/0004_passkeys.sql"),
+    ),
 ];
 
 const POSTGRES: &[Embedded] = &[
@@ -53,6 +58,11 @@ const POSTGRES: &[Embedded] = &[
         3,
         "device links",
         include_str!("../../migrations/postgres/0003_device_links.sql"),
+    ),
+    (
+        4,
+        "passkeys",
+        include_str!("../../migrations/postgres/0004_passkeys.sql"),
     ),
 ];
 

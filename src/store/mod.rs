@@ -16,6 +16,7 @@
 mod app_passwords;
 mod audit;
 mod changes;
+mod mfa;
 mod migrations;
 mod model;
 mod portal;
@@ -36,7 +37,8 @@ pub use model::{
     UnknownScope, User,
 };
 
-pub use portal::{DeviceLink, PortalSession, TotpRecord};
+pub use mfa::{MfaMethods, PasskeyRecord, TotpRecord};
+pub use portal::{DeviceLink, PortalSession};
 
 use model::{scopes_from_column, scopes_to_column};
 
@@ -91,6 +93,9 @@ pub enum StoreError {
     /// generates another password.
     #[error("an app password with this tag is already live")]
     TagTaken,
+    /// A value postern keeps (a passkey, a ceremony under way) did not encode or decode.
+    #[error("a stored value does not encode or decode: {0}")]
+    Corrupt(String),
     /// The directory for the SQLite file could not be created.
     #[error("could not create the store directory {path}: {source}")]
     Io {

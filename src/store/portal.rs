@@ -1,6 +1,6 @@
 //! The portal's records: signed-in browser sessions (only a digest of each cookie token is
-//! kept), TOTP secrets with the last time step used, single-use recovery codes (keyed
-//! digests), and the single-use links that hand a device its profile (sealed).
+//! kept) with the passkey ceremony under way, and the single-use links that hand a device
+//! its profile (sealed).
 
 use super::*;
 
@@ -14,15 +14,6 @@ pub struct PortalSession {
     pub password_at: i64,
     /// When the second factor was last passed; `None`: not in this session yet.
     pub mfa_at: Option<i64>,
-}
-
-/// A user's TOTP secret.
-#[derive(Debug, Clone)]
-pub struct TotpRecord {
-    /// Base32.
-    pub secret: String,
-    /// `None` while being set up: the first right code confirms it.
-    pub confirmed_at: Option<i64>,
 }
 
 /// A single-use link to a device profile, as the store keeps it.
@@ -120,143 +111,33 @@ impl Store {
         Ok(())
     }
 
-    /// The user's TOTP secret, confirmed or being set up.
-    pub async fn totp(&self, user_id: i64) -> Result<Option<TotpRecord>, StoreError> {
-        let row = sqlx::query("SELECT secret, confirmed_at FROM totp_secrets WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_optional(&self.pool)
+    /// Keeps the passkey ceremony under way in this session (replacing any other).
+    pub async fn set_ceremony(&self, token_hash: &str, state: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE portal_sessions SET ceremony = $2 WHERE token_hash = $1")
+            .bind(token_hash)
+            .bind(state)
+            .execute(&self.pool)
             .await?;
-        row.map(|row| {
-            Ok(TotpRecord {
-                secret: row.try_get("secret")?,
-                confirmed_at: row.try_get("confirmed_at")?,
-            })
-        })
-        .transpose()
-    }
-
-    /// Starts a TOTP set-up with `secret`, replacing one that was never confirmed; a
-    /// confirmed secret stays (`false`).
-    pub async fn begin_totp(
-        &self,
-        user_id: i64,
-        secret: &str,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM totp_secrets WHERE user_id = $1 AND confirmed_at IS NULL")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        let inserted = sqlx::query(
-            "INSERT INTO totp_secrets (user_id, secret, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (user_id) DO NOTHING",
-        )
-        .bind(user_id)
-        .bind(secret)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(inserted == 1)
-    }
-
-    /// Takes the code of time step `step` for the user's TOTP secret: `true` only the first
-    /// time a step at least this late is used (a code is accepted once), confirming a
-    /// secret being set up.
-    pub async fn use_totp_step(
-        &self,
-        user_id: i64,
-        step: i64,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let updated = sqlx::query(
-            "UPDATE totp_secrets SET last_step = $2, confirmed_at = COALESCE(confirmed_at, $3) \
-             WHERE user_id = $1 AND last_step < $2",
-        )
-        .bind(user_id)
-        .bind(step)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(updated == 1)
-    }
-
-    /// Replaces the user's recovery codes with these digests.
-    pub async fn replace_recovery_codes(
-        &self,
-        user_id: i64,
-        digests: &[String],
-    ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        for digest in digests {
-            sqlx::query("INSERT INTO recovery_codes (user_id, digest) VALUES ($1, $2)")
-                .bind(user_id)
-                .bind(digest)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
         Ok(())
     }
 
-    /// Uses the recovery code with this digest: `true` once, if it is the user's and unused.
-    pub async fn use_recovery_code(
-        &self,
-        user_id: i64,
-        digest: &str,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let updated = sqlx::query(
-            "UPDATE recovery_codes SET used_at = $3 \
-             WHERE user_id = $1 AND digest = $2 AND used_at IS NULL",
-        )
-        .bind(user_id)
-        .bind(digest)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(updated == 1)
-    }
-
-    /// Recovery codes the user has not used yet.
-    pub async fn recovery_codes_left(&self, user_id: i64) -> Result<i64, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
-        )
-        .bind(user_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get("n")?)
-    }
-
-    /// Forgets the user's second factors and signs their browsers out (the helpdesk's
-    /// `postern user reset-mfa`); they set up a new one at their next sign-in.
-    pub async fn reset_mfa(&self, login: &str) -> Result<User, StoreError> {
-        let login = login.to_lowercase();
+    /// Takes the passkey ceremony under way in this session: once.
+    pub async fn take_ceremony(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let user = find_user(&mut tx, &login)
-            .await?
-            .ok_or_else(|| StoreError::UnknownUser(login.clone()))?;
-        for statement in [
-            "DELETE FROM totp_secrets WHERE user_id = $1",
-            "DELETE FROM recovery_codes WHERE user_id = $1",
-            "DELETE FROM portal_sessions WHERE user_id = $1",
-        ] {
-            sqlx::query(statement)
-                .bind(user.id)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let state: Option<String> =
+            sqlx::query("SELECT ceremony FROM portal_sessions WHERE token_hash = $1")
+                .bind(token_hash)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| row.try_get("ceremony"))
+                .transpose()?
+                .flatten();
+        sqlx::query("UPDATE portal_sessions SET ceremony = NULL WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(user)
+        Ok(state)
     }
 
     /// Keeps a single-use device link: its token's digest and the app password it carries,

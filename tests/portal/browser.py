@@ -4,6 +4,7 @@ chromedriver by selenium (tests/portal.rs runs this).
 Usage:
     browser.py BASE_URL LOGIN PASSWORD SCREENSHOT_DIR
     browser.py BASE_URL LOGIN PASSWORD SCREENSHOT_DIR revoke RECOVERY_CODE
+    browser.py BASE_URL LOGIN PASSWORD SCREENSHOT_DIR passkeys
 
 Signs in with the primary password, sets up TOTP from the key shown in #totp-secret
 (the code computed here, RFC 6238), keeps the recovery codes, creates an app password,
@@ -12,6 +13,11 @@ Japanese, signs out, signs in again: the TOTP code already used is refused, a re
 code is accepted. Screenshots of every page go to SCREENSHOT_DIR.
 
 With "revoke", signs in with a recovery code and revokes the first app password listed.
+
+With "passkeys", a user without a second factor sets up a passkey instead of TOTP (on
+Chromium's virtual authenticator, WebDriver's virtual authenticator commands), adds a
+second one from another authenticator on the sign-in methods page, signs out and in again
+with it, removes the first, and is refused removing the last.
 
 Prints one JSON object on stdout: the app password as shown and as copied, the recovery
 codes, the texts checked. Any failure is an exception: non-zero exit, traceback on stderr.
@@ -28,8 +34,10 @@ import time
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.common.virtual_authenticator import (
+    Protocol, Transport, VirtualAuthenticatorOptions)
 from selenium.webdriver.support.ui import WebDriverWait
 
 
@@ -48,9 +56,19 @@ def go(driver, element_id):
     (a click returns before the browser has navigated)."""
     old = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, element_id).click()
-    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 15).until(lambda d: gone(old))
     WebDriverWait(driver, 15).until(
         lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def gone(element):
+    """Whether element's page has been replaced. chromedriver says so with a stale
+    reference, or, caught mid-navigation, with an inspector error about the node."""
+    try:
+        element.is_enabled()
+        return False
+    except (StaleElementReferenceException, WebDriverException):
+        return True
 
 
 def browser(language):
@@ -83,7 +101,7 @@ def revoke(base, login, password, shots, recovery_code):
         assert driver.current_url.endswith("/app-passwords"), driver.current_url
         old = driver.find_element(By.TAG_NAME, "html")
         driver.find_element(By.CSS_SELECTOR, "#app-passwords form button").click()
-        WebDriverWait(driver, 15).until(expected_conditions.staleness_of(old))
+        WebDriverWait(driver, 15).until(lambda d: gone(old))
         listed = driver.find_element(By.CSS_SELECTOR, "#app-passwords").text
         driver.save_screenshot(os.path.join(shots, "13-revoked.png"))
     finally:
@@ -91,11 +109,122 @@ def revoke(base, login, password, shots, recovery_code):
     print(json.dumps({"listed_after": listed}))
 
 
+def texts(driver, css):
+    """The text of every element matching css, read in one go once there are any (a
+    page just navigated to may still be settling)."""
+    return WebDriverWait(driver, 15).until(lambda d: d.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]))"
+        ".map(e => e.textContent.trim())", css) or False)
+
+
+def authenticator(driver):
+    """A platform authenticator that verifies its user (a fingerprint, say) at once."""
+    options = VirtualAuthenticatorOptions()
+    options.protocol = Protocol.CTAP2
+    options.transport = Transport.INTERNAL
+    options.has_resident_key = True
+    options.has_user_verification = True
+    options.is_user_verified = True
+    options.is_user_consenting = True
+    driver.add_virtual_authenticator(options)
+
+
+def passkeys(base, login, password, shots):
+    """Set-up with a passkey, a second one, sign-in with it, removal, the last kept."""
+    result = {}
+    driver = browser("en-US")
+
+    def shot(name):
+        driver.save_screenshot(os.path.join(shots, name + ".png"))
+
+    def text(css):
+        return driver.find_element(By.CSS_SELECTOR, css).text
+
+    def sign_in():
+        driver.find_element(By.ID, "login").send_keys(login)
+        driver.find_element(By.ID, "password").send_keys(password)
+        go(driver, "sign-in")
+        assert driver.current_url.endswith("/mfa"), driver.current_url
+
+    try:
+        authenticator(driver)
+        driver.get(base + "/")
+        sign_in()
+        WebDriverWait(driver, 10).until(
+            lambda d: d.find_element(By.ID, "passkey-register").is_displayed())
+        shot("20-mfa-setup-with-passkey")
+        go(driver, "passkey-register")
+        codes = texts(driver, "#recovery-codes li")
+        assert len(codes) == 10, codes
+        result["recovery_codes"] = codes
+        go(driver, "continue")
+        assert driver.current_url.endswith("/app-passwords"), driver.current_url
+        go(driver, "nav-security")
+        result["first_listed"] = text("#passkeys")
+        result["totp_state"] = text("#totp-state")
+
+        # A second passkey, on another authenticator (a security key, say).
+        driver.remove_virtual_authenticator()
+        authenticator(driver)
+        name = driver.find_element(By.ID, "passkey-name")
+        name.clear()
+        name.send_keys("Security key")
+        WebDriverWait(driver, 10).until(
+            lambda d: d.find_element(By.ID, "passkey-register").is_displayed())
+        go(driver, "passkey-register")
+        assert driver.current_url.endswith("/security"), driver.current_url
+        result["both_listed"] = text("#passkeys")
+        shot("21-security")
+
+        # Signed in again with the second one.
+        go(driver, "sign-out")
+        sign_in()
+        result["verify_intro"] = driver.find_element(By.CSS_SELECTOR, "p.space").text
+        WebDriverWait(driver, 10).until(
+            lambda d: d.find_element(By.ID, "passkey-sign-in").is_displayed())
+        shot("22-mfa-verify-passkey")
+        go(driver, "passkey-sign-in")
+        assert driver.current_url.endswith("/app-passwords"), driver.current_url
+        result["after_passkey"] = text("h1")
+
+        # The first one removed; the last one stays.
+        go(driver, "nav-security")
+        old = driver.find_element(By.TAG_NAME, "html")
+        driver.find_element(By.CSS_SELECTOR, "#passkeys tbody tr form button").click()
+        WebDriverWait(driver, 15).until(lambda d: gone(old))
+        result["one_left"] = text("#passkeys")
+        old = driver.find_element(By.TAG_NAME, "html")
+        driver.find_element(By.CSS_SELECTOR, "#passkeys tbody tr form button").click()
+        WebDriverWait(driver, 15).until(lambda d: gone(old))
+        result["last_kept"] = text("#error")
+        result["still_listed"] = text("#passkeys")
+        shot("23-security-last-method")
+        # The switch on a page that answered a form goes home, in the new language.
+        go(driver, "lang")
+        result["home_after_switch"] = text("h1")
+        go(driver, "lang")
+        driver.set_window_size(390, 844)
+        driver.get(base + "/security")
+        go(driver, "lang")
+        result["japanese_title"] = text("h1")
+        shot("24-phone-security-ja")
+    except Exception:
+        print(driver.current_url, file=sys.stderr)
+        print(driver.find_element(By.TAG_NAME, "body").text, file=sys.stderr)
+        shot("failure")
+        raise
+    finally:
+        driver.quit()
+    print(json.dumps(result))
+
+
 def main():
     base, login, password, shots = sys.argv[1:5]
     os.makedirs(shots, exist_ok=True)
     if sys.argv[5:6] == ["revoke"]:
         return revoke(base, login, password, shots, sys.argv[6])
+    if sys.argv[5:6] == ["passkeys"]:
+        return passkeys(base, login, password, shots)
     result = {}
     driver = browser("en-US")
 
