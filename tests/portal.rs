@@ -469,6 +469,19 @@ impl<'p> SignedIn<'p> {
         )
         .unwrap();
         browser.csrf = csrf_of(&setup);
+        // A code of ten minutes ago is refused, and the key stays the same.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let stale = format!("code={}", totp.generate(now - 600));
+        let (status, refused) = browser.post("/mfa/verify", &[&stale]);
+        assert_eq!(status, 200);
+        assert_eq!(
+            element(&refused, "error").as_deref(),
+            Some("That code is not right, or was already used. Try the next one.")
+        );
+        assert_eq!(element(&refused, "totp-secret"), element(&setup, "totp-secret"));
         let code = format!("code={}", totp.generate_current().unwrap());
         let (status, recovery) = browser.post("/mfa/verify", &[&code]);
         assert_eq!(status, 200);
