@@ -67,6 +67,175 @@ pub struct Config {
     /// without this section.
     #[serde(default)]
     pub portal: Option<PortalConfig>,
+    /// Where postern gets OAuth 2.0 tokens for upstreams with `auth = "xoauth2"` or
+    /// `"oauthbearer"`, by section name.
+    #[serde(default)]
+    pub oauth2: std::collections::BTreeMap<String, OAuth2Config>,
+}
+
+/// `[oauth2.NAME]`: an identity provider postern gets upstream tokens from, for every user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Config {
+    /// Defaults for a known provider: `microsoft365`, `google`, or `generic`.
+    pub preset: OAuth2Preset,
+    /// Microsoft 365: the tenant (`contoso.onmicrosoft.com` or its id), filled into the
+    /// token URL.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// The application (client) id; for Google, the service account's address.
+    pub client_id: String,
+    /// A file holding the client secret on its first line.
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// A private key (PKCS#8 or PKCS#1 PEM, or Google's JSON key file) that signs client
+    /// assertions (Microsoft 365, `generic`) or JWT bearer grants (Google).
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// Microsoft 365: the certificate registered for `private_key_file`; its thumbprint
+    /// goes into the assertion's header.
+    #[serde(default)]
+    pub certificate_file: Option<PathBuf>,
+    /// The token endpoint; presets fill it in.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// The scope asked for; presets fill it in.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// `client_credentials` (one token for every mailbox) or `jwt_bearer` (one per user,
+    /// RFC 7523); presets fill it in.
+    #[serde(default)]
+    pub grant: Option<OAuth2Grant>,
+    /// PEM certificates to trust for the token endpoint instead of the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Deadline for one token request.
+    #[serde(default = "default_oauth2_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// A token is renewed this long before it expires (at most half its lifetime).
+    #[serde(default = "default_oauth2_renew_before", with = "duration")]
+    pub renew_before: Duration,
+}
+
+/// The providers postern knows the token URL, scope and grant of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OAuth2Preset {
+    Microsoft365,
+    Google,
+    Generic,
+}
+
+/// How a token is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuth2Grant {
+    /// The application's own token (RFC 6749 4.4), valid for every mailbox it may access.
+    ClientCredentials,
+    /// A token for one user, asked for with an assertion the key signs (RFC 7523).
+    JwtBearer,
+}
+
+fn default_oauth2_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_oauth2_renew_before() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl OAuth2Config {
+    /// The token endpoint: as set, else the preset's (`{tenant}` filled in).
+    pub fn token_url(&self) -> String {
+        match (&self.token_url, self.preset) {
+            (Some(url), _) => url.replace("{tenant}", self.tenant.as_deref().unwrap_or("")),
+            (None, OAuth2Preset::Microsoft365) => format!(
+                "https://login.microsoftonline.com/{}/oauth2/v2.0/token",
+                self.tenant.as_deref().unwrap_or("")
+            ),
+            (None, OAuth2Preset::Google) => "https://oauth2.googleapis.com/token".to_string(),
+            (None, OAuth2Preset::Generic) => String::new(),
+        }
+    }
+
+    /// The scope: as set, else the preset's.
+    pub fn scope(&self) -> String {
+        match (&self.scope, self.preset) {
+            (Some(scope), _) => scope.clone(),
+            (None, OAuth2Preset::Microsoft365) => {
+                "https://outlook.office365.com/.default".to_string()
+            }
+            (None, OAuth2Preset::Google) => "https://mail.google.com/".to_string(),
+            (None, OAuth2Preset::Generic) => String::new(),
+        }
+    }
+
+    /// The grant: as set, else the preset's.
+    pub fn grant(&self) -> OAuth2Grant {
+        match (self.grant, self.preset) {
+            (Some(grant), _) => grant,
+            (None, OAuth2Preset::Google) => OAuth2Grant::JwtBearer,
+            (None, _) => OAuth2Grant::ClientCredentials,
+        }
+    }
+
+    fn problems(&self, name: &str, problems: &mut Vec<String>) {
+        let section = format!("[oauth2.{name}]");
+        let url = self.token_url();
+        if url.is_empty() {
+            problems.push(format!("{section} needs a token_url"));
+        } else if !url.starts_with("https://") && !loopback_http(&url) {
+            problems.push(format!(
+                "{section} token_url {url:?} must be https:// (http:// only on loopback)"
+            ));
+        }
+        if self.preset == OAuth2Preset::Microsoft365
+            && self.token_url.is_none()
+            && self.tenant.as_deref().unwrap_or("").is_empty()
+        {
+            problems.push(format!(
+                "{section} preset = \"microsoft365\" needs a tenant"
+            ));
+        }
+        if self.scope().is_empty() {
+            problems.push(format!("{section} needs a scope"));
+        }
+        match (
+            self.grant(),
+            &self.client_secret_file,
+            &self.private_key_file,
+        ) {
+            (OAuth2Grant::JwtBearer, _, None) => problems.push(format!(
+                "{section} grant = \"jwt_bearer\" needs a private_key_file"
+            )),
+            (OAuth2Grant::ClientCredentials, None, None) => problems.push(format!(
+                "{section} needs a client_secret_file or a private_key_file"
+            )),
+            (OAuth2Grant::ClientCredentials, Some(_), Some(_)) => problems.push(format!(
+                "{section} has both a client_secret_file and a private_key_file: keep one"
+            )),
+            _ => {}
+        }
+    }
+
+    /// Files that are missing: tokens cannot be had until they exist (they are read at
+    /// each token request, so they can be put in place later).
+    fn missing_files(&self, name: &str, problems: &mut Vec<String>) {
+        for (key, file) in [
+            ("client_secret_file", &self.client_secret_file),
+            ("private_key_file", &self.private_key_file),
+            ("certificate_file", &self.certificate_file),
+            ("ca_file", &self.ca_file),
+        ] {
+            if let Some(file) = file {
+                if !file.is_file() {
+                    problems.push(format!(
+                        "[oauth2.{name}] {key} {} does not exist; upstream logins fail until it does",
+                        file.display()
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// The self-service portal: an HTTPS listener on the `[tls]` certificate.
@@ -413,6 +582,18 @@ pub enum UpstreamAuth {
     SaslPlainAuthzid,
     /// LOGIN with a user name built from `master_login_format` (Dovecot's `user*master`).
     MasterLogin,
+    /// SASL XOAUTH2 with a token from the `[oauth2.NAME]` that `oauth2` names (Microsoft
+    /// 365, Google).
+    Xoauth2,
+    /// SASL OAUTHBEARER (RFC 7628), likewise.
+    Oauthbearer,
+}
+
+impl UpstreamAuth {
+    /// Whether logins present an OAuth 2.0 token instead of the master password.
+    pub fn uses_tokens(self) -> bool {
+        matches!(self, UpstreamAuth::Xoauth2 | UpstreamAuth::Oauthbearer)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -436,11 +617,16 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub pin_sha256: Vec<String>,
     pub auth: UpstreamAuth,
-    /// The upstream account allowed to log in as any user.
+    /// The upstream account allowed to log in as any user (not with tokens).
+    #[serde(default)]
     pub master_user: String,
     /// File holding the master password on its first line; read at each upstream login so
-    /// rotating it needs no restart.
+    /// rotating it needs no restart (not with tokens).
+    #[serde(default)]
     pub master_password_file: PathBuf,
+    /// With `auth = "xoauth2"` or `"oauthbearer"`: the `[oauth2.NAME]` section.
+    #[serde(default)]
+    pub oauth2: Option<String>,
     /// For `master-login`: `{user}` and `{master}` are replaced.
     #[serde(default = "default_master_login_format")]
     pub master_login_format: String,
@@ -739,7 +925,17 @@ impl Config {
         for (protocol, upstream) in [("imap", &self.upstream.imap), ("smtp", &self.upstream.smtp)] {
             if let Some(upstream) = upstream {
                 upstream.problems(protocol, &mut problems);
+                if let Some(name) = upstream.oauth2.as_deref() {
+                    if !self.oauth2.contains_key(name) {
+                        problems.push(format!(
+                            "[upstream.{protocol}] oauth2 = {name:?} names no [oauth2.{name}] section"
+                        ));
+                    }
+                }
             }
+        }
+        for (name, provider) in &self.oauth2 {
+            provider.problems(name, &mut problems);
         }
         if !self.store.url.starts_with("sqlite:")
             && !self.store.url.starts_with("postgres://")
@@ -813,7 +1009,7 @@ impl Config {
     pub fn deferred_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for (protocol, upstream) in [("imap", &self.upstream.imap), ("smtp", &self.upstream.smtp)] {
-            if let Some(upstream) = upstream {
+            if let Some(upstream) = upstream.as_ref().filter(|u| !u.auth.uses_tokens()) {
                 if !upstream.master_password_file.is_file() {
                     problems.push(format!(
                         "[upstream.{protocol}] master_password_file {} does not exist; upstream logins fail until it does",
@@ -821,6 +1017,9 @@ impl Config {
                     ));
                 }
             }
+        }
+        for (name, provider) in &self.oauth2 {
+            provider.missing_files(name, &mut problems);
         }
         if let Some(portal) = &self.portal {
             if portal.notifications.enabled && self.upstream.smtp.is_none() {
@@ -880,12 +1079,31 @@ impl UpstreamConfig {
                 ));
             }
         }
+        if !self.auth.uses_tokens()
+            && (self.master_user.is_empty() || self.master_password_file.as_os_str().is_empty())
+        {
+            problems.push(format!(
+                "{section} needs master_user and master_password_file"
+            ));
+        }
+        if self.auth.uses_tokens() && self.oauth2.is_none() {
+            problems.push(format!(
+                "{section} auth = \"xoauth2\" or \"oauthbearer\" needs oauth2 = \"NAME\" of an [oauth2.NAME] section"
+            ));
+        }
         if self.auth == UpstreamAuth::MasterLogin && !self.master_login_format.contains("{user}") {
             problems.push(format!(
                 "{section} master_login_format must contain {{user}}"
             ));
         }
     }
+}
+
+/// Whether `url` is plain HTTP to a loopback host (a test's token endpoint).
+fn loopback_http(url: &str) -> bool {
+    url.strip_prefix("http://")
+        .and_then(|rest| rest.split(['/', ':']).next())
+        .is_some_and(is_loopback_host)
 }
 
 fn is_loopback_host(host: &str) -> bool {
@@ -910,6 +1128,45 @@ mod duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oauth2_presets_fill_in_the_endpoint_scope_and_grant() {
+        let parse = |text: &str| -> OAuth2Config { toml::from_str(text).unwrap() };
+        let m365 = parse(
+            "preset = \"microsoft365\"\ntenant = \"contoso.onmicrosoft.com\"\n\
+             client_id = \"app\"\nclient_secret_file = \"s\"",
+        );
+        assert_eq!(
+            m365.token_url(),
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+        assert_eq!(m365.scope(), "https://outlook.office365.com/.default");
+        assert_eq!(m365.grant(), OAuth2Grant::ClientCredentials);
+        let google = parse(
+            "preset = \"google\"\nclient_id = \"sa@p.iam.gserviceaccount.com\"\n\
+             private_key_file = \"k.json\"",
+        );
+        assert_eq!(google.token_url(), "https://oauth2.googleapis.com/token");
+        assert_eq!(google.scope(), "https://mail.google.com/");
+        assert_eq!(google.grant(), OAuth2Grant::JwtBearer);
+        let mut problems = Vec::new();
+        parse("preset = \"generic\"\nclient_id = \"x\"\ntoken_url = \"http://idp.example/token\"")
+            .problems("x", &mut problems);
+        assert!(
+            problems.iter().any(|p| p.contains("must be https")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("needs a scope")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("client_secret_file or a private_key_file")),
+            "{problems:?}"
+        );
+    }
 
     const MINIMAL: &str = r#"
         [[listener]]

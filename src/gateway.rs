@@ -38,6 +38,8 @@ pub enum ServeError {
         protocol: &'static str,
         source: TlsError,
     },
+    #[error("[oauth2]: {0}")]
+    OAuth2(#[from] crate::oauth2::TokenError),
     #[error("password hashing: {0}")]
     Hash(#[from] HashError),
     #[error("verifier: {0}")]
@@ -122,7 +124,7 @@ impl Gateway {
             },
         )
         .await?;
-        let (imap_upstream, smtp_upstream) = upstreams(config)?;
+        let (imap_upstream, smtp_upstream) = upstreams(config, &metrics)?;
         let quota = |n: u32| (n > 0).then_some(n);
         Ok(Arc::new(Gateway {
             limits: config.limits.clone(),
@@ -174,7 +176,7 @@ impl Gateway {
     /// nothing: if anything fails to load, nothing changes.
     pub async fn reload(&self, config: &Config) -> Result<(), ServeError> {
         let server_tls = tls::server_config(&config.tls)?;
-        let (imap, smtp) = upstreams(config)?;
+        let (imap, smtp) = upstreams(config, &self.metrics)?;
         *write(&self.server_tls) = server_tls;
         *write(&self.imap_upstream) = imap;
         *write(&self.smtp_upstream) = smtp;
@@ -215,11 +217,18 @@ impl Gateway {
 /// The configured upstreams, if any: (IMAP, SMTP).
 type Upstreams = (Option<Arc<Upstream>>, Option<Arc<Upstream>>);
 
-fn upstreams(config: &Config) -> Result<Upstreams, ServeError> {
+/// The upstreams, sharing one token cache when `[oauth2.*]` providers are configured (a
+/// reload starts it afresh: each provider is asked once more).
+fn upstreams(config: &Config, metrics: &Arc<Metrics>) -> Result<Upstreams, ServeError> {
+    let tokens = if config.oauth2.is_empty() {
+        None
+    } else {
+        Some(crate::oauth2::Tokens::new(&config.oauth2, metrics.clone())?)
+    };
     let build = |section: &Option<crate::config::UpstreamConfig>, protocol: &'static str| {
         section
             .as_ref()
-            .map(|c| Upstream::new(c).map(Arc::new))
+            .map(|c| Upstream::new(c, tokens.clone()).map(Arc::new))
             .transpose()
             .map_err(|source| ServeError::UpstreamTls { protocol, source })
     };

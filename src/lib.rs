@@ -24,7 +24,8 @@
 //!   store lookup, then one argon2id verification on a bounded pool ([`sasl`] decodes
 //!   SASL, and encodes it for the upstream).
 //! - [`upstream`] connects to the real mail server and holds the credentials postern logs
-//!   in with there ([`upstream::credentials`]).
+//!   in with there ([`upstream::credentials`]): the master password, or an OAuth 2.0
+//!   token that [`oauth2`] obtains from the organisation's identity provider.
 //! - [`store`] keeps users, app passwords, the change feed and the audit trail in SQLite or
 //!   PostgreSQL; [`accounts`] is what the CLI (and later the portal) does with them;
 //!   [`ops`] has the metrics, the HTTP endpoint and the audit queue in front of the store.
@@ -40,6 +41,7 @@ pub mod gateway;
 pub mod imap;
 pub mod limits;
 pub mod net;
+pub mod oauth2;
 pub mod ops;
 pub mod portal;
 pub mod protocol;

@@ -46,6 +46,9 @@ enum Command {
     /// Manage app passwords.
     #[command(subcommand, name = "app-password")]
     AppPassword(AppPasswordCommand),
+    /// Upstream tokens from [oauth2.*] identity providers.
+    #[command(subcommand)]
+    Oauth2(Oauth2Command),
     /// Show the audit trail, newest first.
     Audit {
         #[arg(long)]
@@ -54,6 +57,17 @@ enum Command {
         limit: u32,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum Oauth2Command {
+    /// Fetch a token from [oauth2.NAME] for a user and log in upstream with it.
+    Test {
+        name: String,
+        /// A postern user (their upstream identity is used), or an upstream identity.
+        #[arg(long)]
+        user: String,
     },
 }
 
@@ -169,6 +183,9 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
         Command::CheckConfig { probe } => {
             let mut problems = config.problems();
             problems.extend(config.deferred_problems());
+            if problems.is_empty() {
+                problems.extend(postern::oauth2::check::key_problems(&config));
+            }
             for problem in &problems {
                 eprintln!("{}: {problem}", path.display());
             }
@@ -198,6 +215,30 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::User(command) => user(&config, command).await,
+        Command::Oauth2(Oauth2Command::Test { name, user }) => {
+            let upstream_user = match open_store(&config).await {
+                Ok(store) => match store.user(&user).await {
+                    Ok(Some(found)) => found.upstream_user,
+                    _ => user,
+                },
+                Err(_) => user,
+            };
+            let mut failed = false;
+            for line in postern::oauth2::check::test(&config, &name, &upstream_user).await {
+                match line {
+                    Ok(text) => println!("{text}"),
+                    Err(text) => {
+                        failed = true;
+                        eprintln!("{text}");
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::AppPassword(command) => app_password(&config, command).await,
         Command::Audit { user, limit, json } => {
             let store = open_store(&config).await?;

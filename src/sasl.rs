@@ -1,5 +1,6 @@
 //! SASL PLAIN (RFC 4616) both ways: decoding what clients send, shared by the pre-auth
-//! machines, and encoding what postern sends upstream ([`plain_response`]).
+//! machines, and encoding what postern sends upstream ([`plain_response`]; with tokens,
+//! [`xoauth2_response`] and [`oauthbearer_response`], RFC 7628).
 //!
 //! Clients send `base64(authzid NUL authcid NUL passwd)`. postern logs in upstream as the
 //! authenticated user, so it cannot act for somebody else: an authorization identity that
@@ -127,9 +128,68 @@ pub fn plain_response(authzid: &str, authcid: &str, password: &Secret<String>) -
     encoded
 }
 
+/// SASL XOAUTH2's response (Google's and Microsoft's):
+/// `base64("user=" user ^A "auth=Bearer " token ^A ^A)`.
+pub fn xoauth2_response(user: &str, token: &Secret<String>) -> Secret<String> {
+    encoded(format!(
+        "user={user}\x01auth=Bearer {}\x01\x01",
+        token.expose()
+    ))
+}
+
+/// SASL OAUTHBEARER's response (RFC 7628 3.1): a GS2 header naming the user, then
+/// `^A "auth=Bearer " token ^A ^A`. In the user's name `,` and `=` are escaped (RFC 5801).
+pub fn oauthbearer_response(user: &str, token: &Secret<String>) -> Secret<String> {
+    let name = user.replace('=', "=3D").replace(',', "=2C");
+    encoded(format!(
+        "n,a={name},\x01auth=Bearer {}\x01\x01",
+        token.expose()
+    ))
+}
+
+/// The decoded text of a bearer mechanism's error challenge (RFC 7628 3.2.2: JSON with
+/// `status`, `schemes`, `scope`), shortened and printable for a log line; it carries no
+/// secret.
+pub fn bearer_challenge_text(challenge: &str) -> String {
+    let decoded = LIBERAL_BASE64.decode(challenge.trim()).unwrap_or_default();
+    String::from_utf8_lossy(&decoded)
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(300)
+        .collect()
+}
+
+/// `text` base64-encoded, the clear text wiped.
+fn encoded(text: String) -> Secret<String> {
+    let mut bytes = text.into_bytes();
+    let encoded = Secret::new(STANDARD.encode(&bytes));
+    bytes.fill(0);
+    encoded
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_responses_carry_the_user_and_token() {
+        let token = Secret::new("ya29.token".to_string());
+        let decode =
+            |s: Secret<String>| String::from_utf8(STANDARD.decode(s.expose()).unwrap()).unwrap();
+        assert_eq!(
+            decode(xoauth2_response("alice@example.com", &token)),
+            "user=alice@example.com\x01auth=Bearer ya29.token\x01\x01"
+        );
+        assert_eq!(
+            decode(oauthbearer_response("a,b=c@example.com", &token)),
+            "n,a=a=2Cb=3Dc@example.com,\x01auth=Bearer ya29.token\x01\x01"
+        );
+        let challenge = STANDARD.encode(r#"{"status":"invalid_token","schemes":"bearer"}"#);
+        assert_eq!(
+            bearer_challenge_text(&challenge),
+            r#"{"status":"invalid_token","schemes":"bearer"}"#
+        );
+    }
 
     #[test]
     fn plain_without_authzid() {

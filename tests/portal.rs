@@ -481,7 +481,10 @@ impl<'p> SignedIn<'p> {
             element(&refused, "error").as_deref(),
             Some("That code is not right, or was already used. Try the next one.")
         );
-        assert_eq!(element(&refused, "totp-secret"), element(&setup, "totp-secret"));
+        assert_eq!(
+            element(&refused, "totp-secret"),
+            element(&setup, "totp-secret")
+        );
         let code = format!("code={}", totp.generate_current().unwrap());
         let (status, recovery) = browser.post("/mfa/verify", &[&code]);
         assert_eq!(status, 200);
@@ -770,13 +773,13 @@ async fn changes_are_mailed_to_the_user() {
         );
         assert!(!raw.contains(&shown) && !raw.contains(&shown.replace(' ', "")));
     }
-    assert_eq!(
-        metric(
-            &postern.metrics(),
-            "postern_portal_notifications_total{result=\"sent\"}"
-        ),
-        2.0
-    );
+    // Counted once the upstream session has ended, a moment after the delivery.
+    let series = "postern_portal_notifications_total{result=\"sent\"}";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(&postern.metrics(), series) < 2.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&postern.metrics(), series), 2.0);
     let audit = postern.cli(&["audit", "--user", "alice@example.test", "--json"]);
     let audit = String::from_utf8_lossy(&audit.stdout);
     assert!(audit.contains("mfa_added"), "{audit}");

@@ -76,7 +76,7 @@ master_password_file = "{password_file}"
     );
     let config: UpstreamConfig = toml::from_str(&text).expect("[upstream.smtp] parses");
     Setup {
-        upstream: Upstream::new(&config).expect("upstream TLS config"),
+        upstream: Upstream::new(&config, None).expect("upstream TLS config"),
         _dir: dir,
     }
 }

@@ -139,47 +139,18 @@ pub async fn log_in(
     } else {
         String::new()
     };
-    let id_sent = !id.is_empty();
 
-    let credentials = upstream.login.credentials(request.upstream_user)?;
-    let reply = match &credentials {
-        Credentials::Authzid { .. } => {
-            let response = credentials.plain_response();
-            if has("SASL-IR") {
-                let command = Secret::new(format!(
-                    "{id}p3 AUTHENTICATE PLAIN {}\r\n",
-                    response.expose()
-                ));
-                conn.send(command.expose().as_bytes(), "login").await?;
-                if id_sent {
-                    conn.read_tagged("p2", "ID").await?;
-                }
-                conn.read_tagged("p3", "login").await?
-            } else {
-                conn.send(format!("{id}p3 AUTHENTICATE PLAIN\r\n").as_bytes(), "login")
-                    .await?;
-                if id_sent {
-                    conn.read_tagged("p2", "ID").await?;
-                }
-                conn.expect_continuation().await?;
-                let line = Secret::new(format!("{}\r\n", response.expose()));
-                conn.send(line.expose().as_bytes(), "login").await?;
-                conn.read_tagged("p3", "login").await?
-            }
+    let mut credentials = upstream.login.credentials(request.upstream_user).await?;
+    let sasl_ir = has("SASL-IR");
+    let mut reply = present(&mut conn, &credentials, &id, sasl_ir, "p3").await?;
+    if reply.status == Status::No && upstream.login.refused(&credentials).await {
+        // A refused token may have been revoked or expired early: one fresh try.
+        credentials = upstream.login.credentials(request.upstream_user).await?;
+        reply = present(&mut conn, &credentials, "", sasl_ir, "p5").await?;
+        if reply.status == Status::No {
+            upstream.login.refused(&credentials).await;
         }
-        Credentials::MasterLogin { name, password } => {
-            let command = Secret::new(format!(
-                "{id}p3 LOGIN {} {}\r\n",
-                quoted(name),
-                quoted(password.expose())
-            ));
-            conn.send(command.expose().as_bytes(), "login").await?;
-            if id_sent {
-                conn.read_tagged("p2", "ID").await?;
-            }
-            conn.read_tagged("p3", "login").await?
-        }
-    };
+    }
     match reply.status {
         Status::Ok => {}
         Status::No => return Err(UpstreamError::Refused),
@@ -204,6 +175,74 @@ pub async fn log_in(
         ok_text,
         pending,
     })
+}
+
+/// Presents `credentials` with tag `tag`: `AUTHENTICATE` (the response on the command line
+/// with SASL-IR) or `LOGIN`, behind `pipelined` (the ID command, whose reply is read
+/// first). A challenge after the response is a bearer token's refusal (RFC 7628 3.2.2):
+/// its JSON goes to the log, and the answer the mechanism expects brings the tagged NO.
+async fn present(
+    conn: &mut Conversation,
+    credentials: &Credentials,
+    pipelined: &str,
+    sasl_ir: bool,
+    tag: &str,
+) -> Result<Reply, UpstreamError> {
+    let id_sent = !pipelined.is_empty();
+    if let Credentials::MasterLogin { name, password } = credentials {
+        let command = Secret::new(format!(
+            "{pipelined}{tag} LOGIN {} {}\r\n",
+            quoted(name),
+            quoted(password.expose())
+        ));
+        conn.send(command.expose().as_bytes(), "login").await?;
+        if id_sent {
+            conn.read_tagged("p2", "ID").await?;
+        }
+        return conn.read_tagged(tag, "login").await;
+    }
+    let mechanism = credentials.mechanism();
+    let response = credentials.sasl_response();
+    if sasl_ir {
+        let command = Secret::new(format!(
+            "{pipelined}{tag} AUTHENTICATE {mechanism} {}\r\n",
+            response.expose()
+        ));
+        conn.send(command.expose().as_bytes(), "login").await?;
+        if id_sent {
+            conn.read_tagged("p2", "ID").await?;
+        }
+    } else {
+        conn.send(
+            format!("{pipelined}{tag} AUTHENTICATE {mechanism}\r\n").as_bytes(),
+            "login",
+        )
+        .await?;
+        if id_sent {
+            conn.read_tagged("p2", "ID").await?;
+        }
+        conn.expect_continuation().await?;
+        let line = Secret::new(format!("{}\r\n", response.expose()));
+        conn.send(line.expose().as_bytes(), "login").await?;
+    }
+    match conn.read_tagged_or_challenge(tag, "login").await? {
+        Ok(reply) => Ok(reply),
+        Err(challenge) => {
+            if credentials.is_token() {
+                tracing::warn!(
+                    mechanism,
+                    challenge = %crate::sasl::bearer_challenge_text(&challenge),
+                    "upstream refused the token"
+                );
+            }
+            let answer = format!("{}\r\n", credentials.challenge_answer());
+            conn.send(answer.as_bytes(), "login").await?;
+            match conn.read_tagged_or_challenge(tag, "login").await? {
+                Ok(reply) => Ok(reply),
+                Err(_) => Err(UpstreamError::Protocol { phase: "login" }),
+            }
+        }
+    }
 }
 
 /// Connects and logs in: [`connect`] then [`log_in`]. Returns how long connecting took.
@@ -402,9 +441,35 @@ impl Conversation {
         tag: &str,
         phase: &'static str,
     ) -> Result<Reply, UpstreamError> {
+        self.read_until(tag, phase, false)
+            .await?
+            .map_err(|_| UpstreamError::Protocol { phase })
+    }
+
+    /// Reads responses up to the tagged one for `tag`, or a continuation request: its
+    /// text (`Err`) when the server asks for more during an AUTHENTICATE.
+    async fn read_tagged_or_challenge(
+        &mut self,
+        tag: &str,
+        phase: &'static str,
+    ) -> Result<Result<Reply, String>, UpstreamError> {
+        self.read_until(tag, phase, true).await
+    }
+
+    async fn read_until(
+        &mut self,
+        tag: &str,
+        phase: &'static str,
+        challenges: bool,
+    ) -> Result<Result<Reply, String>, UpstreamError> {
         let mut untagged_capabilities = None;
         loop {
             let line = self.read_line(phase).await?;
+            if challenges {
+                if let Some(challenge) = line.strip_prefix('+') {
+                    return Ok(Err(challenge.trim_start().to_string()));
+                }
+            }
             if let Some(rest) = line.strip_prefix("* ") {
                 if let Some(capabilities) = strip_prefix_ignore_case(rest, "CAPABILITY ") {
                     untagged_capabilities = Some(capabilities.to_string());
@@ -424,11 +489,11 @@ impl Conversation {
                 _ => return Err(UpstreamError::Protocol { phase }),
             };
             let capabilities = capability_code(text).or(untagged_capabilities);
-            return Ok(Reply {
+            return Ok(Ok(Reply {
                 status,
                 text: text.to_string(),
                 capabilities,
-            });
+            }));
         }
     }
 

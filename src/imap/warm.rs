@@ -164,7 +164,7 @@ mod tests {
             listener.local_addr().unwrap()
         ))
         .unwrap();
-        (Arc::new(Upstream::new(&config).unwrap()), listener)
+        (Arc::new(Upstream::new(&config, None).unwrap()), listener)
     }
 
     /// A greeted connection and the upstream's end of it.

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub portal_app_passwords: IntCounterVec,
     /// Mails telling users of a change from the portal, by result (`sent`, `failed`).
     pub portal_notifications: IntCounterVec,
+    /// Token requests to `[oauth2.*]` providers, by provider and result.
+    pub oauth2_token_requests: IntCounterVec,
+    /// How old a token is when an upstream login presents it, by provider.
+    pub oauth2_token_age: HistogramVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -229,6 +233,21 @@ impl Metrics {
                 "Mails telling a user of an app password created or a second factor changed, by \
                  result.",
                 &["result"],
+            ),
+            oauth2_token_requests: counter_vec(
+                r,
+                "postern_oauth2_token_requests_total",
+                "Token requests to an [oauth2] provider, by result: ok, refused (the provider \
+                 said no), unavailable (unreachable, slow, or no token in the answer), config \
+                 (a key or secret file postern cannot use).",
+                &["provider", "result"],
+            ),
+            oauth2_token_age: histogram_vec(
+                r,
+                "postern_oauth2_token_age_seconds",
+                "Age of the token an upstream login presents.",
+                &["provider"],
+                &[1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0],
             ),
             build_info,
             registry,

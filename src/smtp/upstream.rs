@@ -261,37 +261,84 @@ async fn authenticate(
     if conn.capabilities.auth.is_empty() {
         return Err(UpstreamError::Unsupported("AUTH"));
     }
-    let credentials = upstream.login.credentials(user)?;
-    let offers_plain = conn.capabilities.offers_auth("PLAIN");
-    let reply = match &credentials {
-        _ if offers_plain => auth_plain(conn, &credentials.plain_response()).await?,
-        Credentials::MasterLogin { name, password } if conn.capabilities.offers_auth("LOGIN") => {
-            auth_login(conn, name, password).await?
+    let mut credentials = upstream.login.credentials(user).await?;
+    let mut outcome = present(conn, &credentials)
+        .await
+        .and_then(|r| auth_outcome(&r));
+    if matches!(outcome, Err(UpstreamError::Refused)) && upstream.login.refused(&credentials).await
+    {
+        // A refused token may have been revoked or expired early: one fresh try.
+        credentials = upstream.login.credentials(user).await?;
+        outcome = present(conn, &credentials)
+            .await
+            .and_then(|r| auth_outcome(&r));
+        if matches!(outcome, Err(UpstreamError::Refused)) {
+            upstream.login.refused(&credentials).await;
         }
-        Credentials::MasterLogin { .. } => {
-            return Err(UpstreamError::Unsupported("AUTH PLAIN or LOGIN"))
-        }
-        Credentials::Authzid { .. } => return Err(UpstreamError::Unsupported("AUTH PLAIN")),
-    };
-    auth_outcome(&reply)
+    }
+    outcome
 }
 
-/// `AUTH PLAIN` with the response on the command line, or after the empty challenge when
-/// the line would be too long for it (RFC 4954 section 4). Returns the last reply.
-async fn auth_plain(
+/// Presents `credentials` by the SASL mechanism they need, or AUTH LOGIN for a master
+/// login where PLAIN is not offered. Returns the last reply.
+async fn present(
     conn: &mut SmtpUpstream,
-    response: &Secret<String>,
+    credentials: &Credentials,
 ) -> Result<Reply, UpstreamError> {
-    let command = Secret::new(format!("AUTH PLAIN {}\r\n", response.expose()));
-    if command.expose().len() <= MAX_COMMAND_LINE {
-        return conn.exchange(command.expose().as_bytes(), "login").await;
+    let mechanism = credentials.mechanism();
+    if conn.capabilities.offers_auth(mechanism) {
+        return auth_sasl(conn, credentials).await;
     }
-    let challenge = conn.exchange(b"AUTH PLAIN\r\n", "login").await?;
-    if challenge.code != 334 {
-        return Ok(challenge);
+    match credentials {
+        Credentials::MasterLogin { name, password } if conn.capabilities.offers_auth("LOGIN") => {
+            auth_login(conn, name, password).await
+        }
+        Credentials::MasterLogin { .. } => Err(UpstreamError::Unsupported("AUTH PLAIN or LOGIN")),
+        Credentials::Authzid { .. } => Err(UpstreamError::Unsupported("AUTH PLAIN")),
+        Credentials::Bearer {
+            oauthbearer: false, ..
+        } => Err(UpstreamError::Unsupported("AUTH XOAUTH2")),
+        Credentials::Bearer { .. } => Err(UpstreamError::Unsupported("AUTH OAUTHBEARER")),
     }
-    let line = Secret::new(format!("{}\r\n", response.expose()));
-    conn.exchange(line.expose().as_bytes(), "login").await
+}
+
+/// `AUTH <mechanism>` with the response on the command line, or after the empty
+/// challenge when the line would be too long for it (RFC 4954 section 4: a token always
+/// is). A challenge after the response is a bearer token's refusal (RFC 7628 3.2.2): its
+/// JSON goes to the log and the answer the mechanism expects brings the final reply.
+/// Returns the last reply.
+async fn auth_sasl(
+    conn: &mut SmtpUpstream,
+    credentials: &Credentials,
+) -> Result<Reply, UpstreamError> {
+    let mechanism = credentials.mechanism();
+    let response = credentials.sasl_response();
+    let command = Secret::new(format!("AUTH {mechanism} {}\r\n", response.expose()));
+    let reply = if command.expose().len() <= MAX_COMMAND_LINE {
+        conn.exchange(command.expose().as_bytes(), "login").await?
+    } else {
+        let challenge = conn
+            .exchange(format!("AUTH {mechanism}\r\n").as_bytes(), "login")
+            .await?;
+        if challenge.code != 334 {
+            return Ok(challenge);
+        }
+        let line = Secret::new(format!("{}\r\n", response.expose()));
+        conn.exchange(line.expose().as_bytes(), "login").await?
+    };
+    if reply.code != 334 {
+        return Ok(reply);
+    }
+    if credentials.is_token() {
+        let challenge = reply.text();
+        tracing::warn!(
+            mechanism,
+            challenge = %crate::sasl::bearer_challenge_text(&challenge),
+            "upstream refused the token"
+        );
+    }
+    let answer = format!("{}\r\n", credentials.challenge_answer());
+    conn.exchange(answer.as_bytes(), "login").await
 }
 
 /// `AUTH LOGIN`: the name, then the password, each after a 334 challenge (whatever its

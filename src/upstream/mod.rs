@@ -58,6 +58,9 @@ pub enum UpstreamError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// No token from the identity provider: the upstream is unavailable for now.
+    #[error("no OAuth 2.0 token: {0}")]
+    Token(Arc<crate::oauth2::TokenError>),
 }
 
 impl UpstreamError {
@@ -72,6 +75,7 @@ impl UpstreamError {
             UpstreamError::Rejected { .. } => "rejected",
             UpstreamError::Refused => "refused",
             UpstreamError::MasterPassword { .. } => "master_password",
+            UpstreamError::Token(_) => "oauth2",
         }
     }
 }
@@ -93,15 +97,18 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds the TLS client configuration once.
-    pub fn new(config: &UpstreamConfig) -> Result<Self, TlsError> {
+    /// Builds the TLS client configuration once; `tokens` serve the token login modes.
+    pub fn new(
+        config: &UpstreamConfig,
+        tokens: Option<Arc<crate::oauth2::Tokens>>,
+    ) -> Result<Self, TlsError> {
         let server_name = ServerName::try_from(config.server_name().to_string())
             .unwrap_or_else(|_| ServerName::try_from("invalid.invalid").expect("valid constant")); // Unwrap: validate() rejects invalid names first
         let client = tls::client_config(config.ca_file.as_deref(), &config.pins())?;
         Ok(Self {
             address: config.address.clone(),
             tls: config.tls,
-            login: UpstreamLogin::new(config),
+            login: UpstreamLogin::new(config, tokens),
             server_name,
             client_tls: client,
             connect_timeout: config.connect_timeout,

@@ -40,7 +40,8 @@ async fn probe(
     section: &UpstreamConfig,
     hostname: &str,
 ) -> Result<String, String> {
-    let upstream = Upstream::new(section).map_err(|error| error.to_string())?;
+    // The probe connects and greets; it logs in as nobody, so it needs no token.
+    let upstream = Upstream::new(section, None).map_err(|error| error.to_string())?;
     let tls = match upstream.tls {
         crate::config::UpstreamTls::None => "without TLS",
         _ => "TLS and certificate ok",

@@ -38,6 +38,20 @@ pub struct DovecotOptions {
     /// Serve this certificate chain and key instead of a fresh leaf from the test CA;
     /// `Dovecot::ca_path` then names `tls.ca`.
     pub tls: Option<TlsFiles>,
+    /// Accept XOAUTH2 and OAUTHBEARER tokens from this identity provider (see
+    /// `tests/oauth/dovecot-oauth2.md`).
+    pub oauth2: Option<DovecotOAuth2>,
+}
+
+/// The identity provider whose tokens Dovecot validates itself (JWTs, with the keys the
+/// provider writes): per-user tokens (`sub` = the login, Google's scope) and app tokens
+/// for every mailbox (Microsoft 365's scope).
+#[derive(Clone, Debug)]
+pub struct DovecotOAuth2 {
+    /// The tokens' `iss`.
+    pub issuer: String,
+    /// Where the provider writes its public keys (`<dir>/default/RS256/<kid>`).
+    pub keys_dir: PathBuf,
 }
 
 /// A certificate chain, its key and the CA that issued it (PEM files).
@@ -257,7 +271,11 @@ impl Dovecot {
         line(&format!("log_path = {dir}/dovecot.log"));
         line(&format!("info_log_path = {dir}/dovecot.log"));
         line("auth_verbose = yes");
-        line("auth_mechanisms = plain login");
+        if self.options.oauth2.is_some() {
+            line("auth_mechanisms = plain login xoauth2 oauthbearer");
+        } else {
+            line("auth_mechanisms = plain login");
+        }
         line("auth_cache_size = 0");
         // Dovecot's default 2s delay on failed auth only slows tests down.
         line("auth_failure_delay = 0");
@@ -320,13 +338,47 @@ impl Dovecot {
                  client_limit = {clients}\n  vsz_limit = 2G\n"
             ));
         }
+        // With tokens, passwords go to the passwd-files only and tokens to the oauth2 ones.
+        let password_mechanisms = if options.oauth2.is_some() {
+            "  mechanisms = plain login\n"
+        } else {
+            ""
+        };
         line(&format!(
             "passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {dir}/masters\n  \
-             master = yes\n  pass = yes\n}}"
+             master = yes\n  pass = yes\n{password_mechanisms}}}"
         ));
         line(&format!(
-            "passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {dir}/passwd.d/%u\n}}"
+            "passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {dir}/passwd.d/%u\n{password_mechanisms}}}"
         ));
+        if let Some(oauth2) = &options.oauth2 {
+            // Per-user tokens: `sub` must be the login. App tokens: a literal format,
+            // so any mailbox (Dovecot compares the two expansions of the format).
+            for (name, username_format, scope) in [
+                ("user", "%Lu", "https://mail.google.com/"),
+                ("app", "any-user", "https://outlook.office365.com/.default"),
+            ] {
+                let path = self.dir.join(format!("oauth2-{name}.conf.ext"));
+                let keys = oauth2.keys_dir.display();
+                write_file(
+                    &path,
+                    format!(
+                        "introspection_mode = local\n\
+                         local_validation_key_dict = fs:posix:prefix={keys}/\n\
+                         issuers = {}\nusername_attribute = sub\n\
+                         username_format = {username_format}\nscope = {scope}\n\
+                         active_attribute =\nactive_value =\n",
+                        oauth2.issuer
+                    )
+                    .as_bytes(),
+                );
+                line(&format!(
+                    "passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  \
+                     args = {}\n}}",
+                    path.display()
+                ));
+            }
+        }
         line(&format!(
             "userdb {{\n  driver = passwd-file\n  args = {dir}/passwd.d/%u\n  \
              default_fields = home={dir}/mail/%u\n}}"
