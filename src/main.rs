@@ -524,6 +524,7 @@ fn app_password_json(app: &AppPassword) -> serde_json::Value {
         "created_at": timestamp(app.created_at),
         "last_used_at": app.last_used_at.map(timestamp),
         "last_used_ip": app.last_used_ip,
+        "last_used_client": app.last_used_app(),
         "expires_at": app.expires_at.map(timestamp),
         "revoked_at": app.revoked_at.map(timestamp),
     })
@@ -536,11 +537,14 @@ fn app_password_line(app: &AppPassword) -> String {
         (None, false) => "expired".to_string(),
         (None, true) => "live".to_string(),
     };
-    let used = match (app.last_used_at, &app.last_used_ip) {
+    let mut used = match (app.last_used_at, &app.last_used_ip) {
         (Some(at), Some(ip)) => format!("last used {} from {ip}", timestamp(at)),
         (Some(at), None) => format!("last used {}", timestamp(at)),
         _ => "never used".to_string(),
     };
+    if let Some(client) = app.last_used_app() {
+        used.push_str(&format!(" by {client}"));
+    }
     format!(
         "{:>5}  {:<30}  {:<9}  {}  created {}  {}",
         app.id,

@@ -216,6 +216,7 @@ fn app_passwords_are_shown_once_listed_without_secrets_and_revoked() {
         "created_at",
         "last_used_at",
         "last_used_ip",
+        "last_used_client",
         "expires_at",
         "revoked_at",
     ] {

@@ -669,10 +669,23 @@ async fn a_phone_gets_its_profile_once() {
         ])
     );
     let (mut client, _) = ImapClient::connect_tls(postern.imaps, &postern.ca_path).await;
+    client
+        .command("a0", "ID (\"name\" \"iPhone Mail\" \"version\" \"18.1\")")
+        .await;
     let login = client
         .command("a1", &format!("LOGIN alice@example.test \"{shown}\""))
         .await;
     assert!(login.last().unwrap().starts_with("a1 OK"), "{login:?}");
+    // The list says which app used it last (the use is stamped beside the login).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let listed = loop {
+        let (_, listed) = browser.get("/app-passwords");
+        if listed.contains("iPhone Mail 18.1") || std::time::Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(listed.contains("127.0.0.1 · iPhone Mail 18.1"), "{listed}");
 
     let (status, again) = curl(&postern, &[], &path);
     assert_eq!(status, 410, "a link works once: {again}");

@@ -148,7 +148,7 @@ async fn migrate_twice_is_a_noop(db: TestDb) {
         .iter()
         .map(|row| row.try_get::<i64, _>("version").unwrap())
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4], "each migration, applied once");
+    assert_eq!(versions, [1, 2, 3, 4, 5], "each migration, applied once");
     pool.close().await;
 
     db.store.ping().await.unwrap();
@@ -850,6 +850,7 @@ async fn record_use_updates_last_used(db: TestDb) {
         "created_at",
         "last_used_at",
         "last_used_ip",
+        "last_used_client",
         "expires_at",
         "revoked_at",
     ]

@@ -2,8 +2,8 @@
 //! in order by one background task, so that a client's reply never waits on the store and
 //! a store outage delays the audit trail instead of losing it.
 //!
-//! - A successful login's event also stamps its app password's last use (time and client
-//!   address); the stamp rides in the same queue entry.
+//! - A successful login's event also stamps its app password's last use (time, client
+//!   address, and the mail app's IMAP ID); the stamp rides in the same queue entry.
 //! - What has queued up is written in batches of up to [`BATCH`], each in one
 //!   transaction, so a backlog drains quickly and a retry never writes an event twice.
 //! - While the store cannot be written ([`StoreError::is_unavailable`]: PostgreSQL down or
@@ -43,8 +43,8 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 /// The most events written in one transaction.
 pub const BATCH: usize = 256;
 
-/// An app password use to stamp: (id, unix seconds, client address).
-type Use<'a> = (i64, i64, Option<&'a str>);
+/// An app password use to stamp: (id, unix seconds, client address, the client's IMAP ID).
+type Use<'a> = (i64, i64, Option<&'a str>, Option<&'a str>);
 
 /// An audit event that owns its text, so it can wait in the queue. Kind, protocol and
 /// result come from fixed vocabularies, so they stay static strings.
@@ -340,7 +340,11 @@ async fn write_until_answered<D: Destination>(
         .iter()
         .zip(batch)
         .filter(|(_, entry)| entry.stamp_use)
-        .filter_map(|(event, _)| Some((event.app_password_id?, event.at, event.client_ip)))
+        .filter_map(|(event, _)| {
+            // Over IMAP the client describes itself in ID; SMTP's EHLO name is no app's name.
+            let client = event.client_id.filter(|_| event.protocol == Some("imap"));
+            Some((event.app_password_id?, event.at, event.client_ip, client))
+        })
         .collect();
     let mut pause = FIRST_RETRY;
     loop {
@@ -443,7 +447,7 @@ mod tests {
                 let mut stamps = state.stamps.lock().unwrap();
                 stamps.extend(
                     uses.iter()
-                        .map(|&(id, at, ip)| (id, at, ip.map(str::to_owned))),
+                        .map(|&(id, at, ip, _)| (id, at, ip.map(str::to_owned))),
                 );
                 Ok(())
             };

@@ -101,11 +101,14 @@ async fn page(
 
 fn row(t: &'static super::i18n::Messages, p: &AppPassword, at: i64) -> Row {
     let live = p.revoked_at.is_none() && p.is_live(at);
-    let last_used = match (p.last_used_at, &p.last_used_ip) {
+    let mut last_used = match (p.last_used_at, &p.last_used_ip) {
         (Some(when), Some(ip)) => format!("{} · {ip}", pages::time(when)),
         (Some(when), None) => pages::time(when),
         _ => t.never.to_string(),
     };
+    if let Some(app) = p.last_used_app().filter(|_| p.last_used_at.is_some()) {
+        last_used.push_str(&format!(" · {app}"));
+    }
     Row {
         id: p.id,
         name: p.name.clone(),

@@ -66,6 +66,7 @@ impl Store {
             created_at: now,
             last_used_at: None,
             last_used_ip: None,
+            last_used_client: None,
             expires_at: new.expires_at,
             revoked_at: None,
         })

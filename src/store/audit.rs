@@ -10,26 +10,28 @@ impl Store {
         Ok(insert_audit(&mut conn, event).await?)
     }
 
-    /// Appends audit events in order and notes app password uses (`(id, at, ip)`, as
+    /// Appends audit events in order and notes app password uses (`(id, at, ip, client)`, as
     /// [`Store::record_use`] does; an app password removed since is skipped), all in one
     /// transaction: either everything is written or nothing, so a retry after a failure
     /// does not write an event twice.
     pub async fn record_audit_batch(
         &self,
         events: &[AuditEvent<'_>],
-        uses: &[(i64, i64, Option<&str>)],
+        uses: &[(i64, i64, Option<&str>, Option<&str>)],
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         for event in events {
             insert_audit(&mut tx, event).await?;
         }
-        for &(app_password_id, at, ip) in uses {
+        for &(app_password_id, at, ip, client) in uses {
             sqlx::query(
-                "UPDATE app_passwords SET last_used_at = $2, last_used_ip = $3 WHERE id = $1",
+                "UPDATE app_passwords SET last_used_at = $2, last_used_ip = $3, \
+                 last_used_client = $4 WHERE id = $1",
             )
             .bind(app_password_id)
             .bind(at)
             .bind(ip)
+            .bind(client)
             .execute(&mut *tx)
             .await?;
         }

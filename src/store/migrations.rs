@@ -41,6 +41,11 @@ const SQLITE: &[Embedded] = &[
         "passkeys",
         include_str!("../../migrations/sqlite/0004_passkeys.sql"),
     ),
+    (
+        5,
+        "last used client",
+        include_str!("../../migrations/sqlite/0005_last_used_client.sql"),
+    ),
 ];
 
 const POSTGRES: &[Embedded] = &[
@@ -63,6 +68,11 @@ const POSTGRES: &[Embedded] = &[
         4,
         "passkeys",
         include_str!("../../migrations/postgres/0004_passkeys.sql"),
+    ),
+    (
+        5,
+        "last used client",
+        include_str!("../../migrations/postgres/0005_last_used_client.sql"),
     ),
 ];
 

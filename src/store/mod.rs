@@ -327,7 +327,8 @@ const USER_COLUMNS: &str = "u.id AS user_id, u.login, u.upstream_user, \
 const APP_PASSWORD_COLUMNS: &str = "p.id AS app_password_id, \
                                     p.user_id AS app_password_user_id, p.name, p.scopes, \
                                     p.created_at AS app_password_created_at, p.last_used_at, \
-                                    p.last_used_ip, p.expires_at, p.revoked_at";
+                                    p.last_used_ip, p.last_used_client, p.expires_at, \
+                                    p.revoked_at";
 
 /// A user from [`USER_COLUMNS`], without addresses.
 fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
@@ -352,6 +353,7 @@ fn app_password_from_row(row: &AnyRow) -> Result<AppPassword, sqlx::Error> {
         created_at: row.try_get("app_password_created_at")?,
         last_used_at: row.try_get("last_used_at")?,
         last_used_ip: row.try_get("last_used_ip")?,
+        last_used_client: row.try_get("last_used_client")?,
         expires_at: row.try_get("expires_at")?,
         revoked_at: row.try_get("revoked_at")?,
     })

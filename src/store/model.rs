@@ -120,6 +120,8 @@ pub struct AppPassword {
     pub last_used_at: Option<i64>,
     /// The client address of that login.
     pub last_used_ip: Option<String>,
+    /// The mail app of that login, as its IMAP ID described it (`name=…; version=…`).
+    pub last_used_client: Option<String>,
     /// It stops working at this time (unix seconds); `None` never expires.
     pub expires_at: Option<i64>,
     /// When it was revoked; `None` while it is not.
@@ -127,6 +129,22 @@ pub struct AppPassword {
 }
 
 impl AppPassword {
+    /// The mail app of the last use, as people name it: the IMAP ID's `name` and
+    /// `version` ("iPhone Mail 18.1"), else its first field.
+    pub fn last_used_app(&self) -> Option<String> {
+        let text = self.last_used_client.as_deref()?;
+        let field = |key: &str| {
+            text.split("; ")
+                .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        };
+        let named = match (field("name"), field("version")) {
+            (Some(name), Some(version)) => format!("{name} {version}"),
+            (Some(name), None) => name.to_string(),
+            _ => text.split("; ").next().unwrap_or(text).to_string(),
+        };
+        Some(named.chars().filter(|c| !c.is_control()).take(80).collect())
+    }
+
     /// Usable for a login at `now`: not revoked, and not expired (an app password expires
     /// at the first second `now >= expires_at`). The same rule counts live passwords
     /// against the per-user limit.
@@ -278,6 +296,7 @@ mod tests {
             created_at: 0,
             last_used_at: None,
             last_used_ip: None,
+            last_used_client: None,
             expires_at: Some(100),
             revoked_at: None,
         };
