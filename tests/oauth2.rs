@@ -247,7 +247,8 @@ async fn a_service_account_gets_a_token_per_user() {
 async fn a_failing_identity_provider_is_a_temporary_failure() {
     let idp = IdentityProvider::start();
     let dovecot = dovecot(&idp);
-    let postern = postern(&dovecot, "xoauth2", microsoft365(&idp)).await;
+    let section = microsoft365(&idp) + "timeout = \"1s\"\n";
+    let postern = postern(&dovecot, "xoauth2", section).await;
     let alice = postern
         .issue(
             "alice@example.test",
@@ -259,8 +260,11 @@ async fn a_failing_identity_provider_is_a_temporary_failure() {
     for (hook, expected) in [
         ("/__test/fail?status=503", "unavailable"),
         ("/__test/fail?status=401&error=invalid_client", "refused"),
-        ("/__test/fail?status=200&body=html", "unavailable"),
+        ("/__test/fail?status=502&body=html", "unavailable"),
+        // Slower than the section's timeout (1 s).
+        ("/__test/delay?ms=3000", "unavailable"),
     ] {
+        idp.hook("POST", "/__test/ok");
         idp.hook("POST", hook);
         let reply = imap_login(&postern, "alice@example.test", &alice).await;
         assert!(reply.starts_with("a1 NO [UNAVAILABLE]"), "{hook}: {reply}");
@@ -355,6 +359,38 @@ async fn a_refused_token_is_asked_for_once_more() {
         "{metrics}"
     );
     postern.stop().await;
+}
+
+/// The token endpoint over HTTPS: its certificate is verified, against `ca_file` when
+/// given; a certificate postern does not trust gets no request sent, and the client is
+/// told to try later.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_endpoints_certificate_is_verified() {
+    let idp = IdentityProvider::start_with(true);
+    let dovecot = dovecot(&idp);
+    let trusted = microsoft365(&idp) + &format!("ca_file = \"{}\"\n", idp.ca_path.display());
+    let verified = postern(&dovecot, "xoauth2", trusted).await;
+    let alice = verified
+        .issue("alice@example.test", &[postern::store::Scope::Imap], None)
+        .await
+        .1;
+    let reply = imap_login(&verified, "alice@example.test", &alice).await;
+    assert!(reply.starts_with("a1 OK"), "{reply}\n{}", idp.log());
+    verified.stop().await;
+
+    let untrusted = postern(&dovecot, "xoauth2", microsoft365(&idp)).await;
+    let alice = untrusted
+        .issue("alice@example.test", &[postern::store::Scope::Imap], None)
+        .await
+        .1;
+    let reply = imap_login(&untrusted, "alice@example.test", &alice).await;
+    assert!(reply.starts_with("a1 NO [UNAVAILABLE]"), "{reply}");
+    assert_eq!(idp.token_requests(), 1, "no request reached the provider");
+    assert!(
+        !support::postern::logged_lines("certificate").is_empty(),
+        "the log says why"
+    );
+    untrusted.stop().await;
 }
 
 /// `postern oauth2 test` fetches a token and logs in upstream with it, one line per step;

@@ -6,8 +6,7 @@
 //! Its `/__test/` hooks make the token endpoint fail or slow down, and count requests.
 //! Keys are made with `openssl` (Debian's), each run afresh.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -35,13 +34,21 @@ pub struct IdentityProvider {
     pub app_cert_file: PathBuf,
     /// The service account's JSON key file, as Google hands it out.
     pub service_account_file: PathBuf,
+    /// The CA of the provider's certificate (with `start_with(true)`).
+    pub ca_path: PathBuf,
     pub dir: tempfile::TempDir,
     child: Mutex<Option<Child>>,
 }
 
 impl IdentityProvider {
-    /// Starts the provider; returns once it has said `ready PORT`.
+    /// Starts the provider on plain HTTP; returns once it has said `ready PORT`.
     pub fn start() -> IdentityProvider {
+        Self::start_with(false)
+    }
+
+    /// Starts the provider, on HTTPS with a certificate from its own test CA (`ca_path`)
+    /// when `tls`.
+    pub fn start_with(tls: bool) -> IdentityProvider {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oauth");
         install_packages(&root);
         let dir = tempfile::tempdir().expect("temp dir");
@@ -104,7 +111,9 @@ impl IdentityProvider {
         });
         std::fs::write(path("sa.json"), service_account.to_string()).expect("write sa.json");
 
-        let config = serde_json::json!({
+        let ca = super::TestCa::new(dir.path());
+        let (cert, key) = ca.issue(dir.path(), "idp", &["localhost", "127.0.0.1"]);
+        let mut config = serde_json::json!({
             "port": 0,
             "host": "127.0.0.1",
             "token_ttl_seconds": 3600,
@@ -118,6 +127,9 @@ impl IdentityProvider {
                   "public_key_file": path("sa.json") },
             ],
         });
+        if tls {
+            config["tls"] = serde_json::json!({ "cert_file": cert, "key_file": key });
+        }
         std::fs::write(path("provider.json"), config.to_string()).expect("write config");
         let stderr = std::fs::File::create(path("provider.log")).expect("create log");
         let mut child = Command::new("node")
@@ -142,7 +154,8 @@ impl IdentityProvider {
                     std::fs::read_to_string(path("provider.log")).unwrap_or_default()
                 )
             });
-        let issuer = format!("http://127.0.0.1:{port}");
+        let scheme = if tls { "https" } else { "http" };
+        let issuer = format!("{scheme}://127.0.0.1:{port}");
         IdentityProvider {
             port,
             token_url: format!("{issuer}/token"),
@@ -152,6 +165,7 @@ impl IdentityProvider {
             app_key_file: path("app-key.pem"),
             app_cert_file: path("app-cert.pem"),
             service_account_file: path("sa.json"),
+            ca_path: ca.ca_path.clone(),
             dir,
             child: Mutex::new(Some(child)),
         }
@@ -160,16 +174,13 @@ impl IdentityProvider {
     /// Calls a `/__test/` hook (`POST /__test/fail?status=503`, `GET /__test/count`);
     /// returns the JSON answer.
     pub fn hook(&self, method: &str, path: &str) -> serde_json::Value {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        write!(
-            stream,
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
-        )
-        .expect("send");
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).expect("read");
-        let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-        serde_json::from_str(body).unwrap_or_else(|_| panic!("hook {path}: {answer}"))
+        let output = Command::new("curl")
+            .args(["-sS", "-X", method, "--cacert"])
+            .arg(&self.ca_path)
+            .arg(format!("{}{path}", self.issuer))
+            .output()
+            .expect("run curl");
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("hook {path}: {output:?}"))
     }
 
     /// Token requests answered so far (failures included).
