@@ -7,8 +7,9 @@ use crate::auth::digest::DigestKey;
 use crate::auth::hasher::{HashError, PasswordHasher};
 use crate::auth::{password, Secret};
 use crate::clock::now;
+use crate::directory::Person;
 use crate::store::{
-    AppPassword, AuditEvent, NewAppPassword, NewUser, Scope, Store, StoreError, User,
+    AppPassword, AuditEvent, DirectoryUser, NewAppPassword, NewUser, Scope, Store, StoreError, User,
 };
 
 /// Why an account operation failed.
@@ -46,6 +47,8 @@ pub struct IssueRequest<'a> {
 #[derive(Debug, Clone, Copy)]
 pub enum Actor<'a> {
     Cli,
+    /// The organisation's directory: provisioning at a first sign-in, the sync, SCIM.
+    Directory,
     Portal {
         client_ip: std::net::IpAddr,
         /// The browser's User-Agent, shortened.
@@ -58,6 +61,7 @@ impl Actor<'_> {
     fn source(&self) -> &'static str {
         match self {
             Actor::Cli => "source=cli",
+            Actor::Directory => "source=directory",
             Actor::Portal { .. } => "source=portal",
         }
     }
@@ -112,6 +116,51 @@ impl Accounts {
         let user = self.store.add_user(&new, now()).await?;
         self.audit("user_added", &user.login, None).await?;
         Ok(user)
+    }
+
+    /// Creates the user that a person from the directory is (`source`: `ldap`, `oidc`,
+    /// `scim`), with the upstream identity and sender addresses it gives; the directory
+    /// follows them from now on.
+    pub async fn provision(&self, person: &Person, source: &str) -> Result<User, AdminError> {
+        let new = NewUser {
+            login: &person.login,
+            upstream_user: &person.upstream_user,
+            addresses: &person.addresses,
+        };
+        let user = self.store.add_user(&new, now()).await?;
+        self.store.mark_directory_user(user.id, source).await?;
+        self.audit_as("user_added", &user.login, None, Actor::Directory)
+            .await?;
+        Ok(user)
+    }
+
+    /// Follows the directory: it says the user is disabled or gone (`disabled`), or there
+    /// again. Disabling stops every app password and closes the live sessions, like an
+    /// admin's; enabling undoes only what the directory itself disabled.
+    pub async fn follow_directory(
+        &self,
+        user: &DirectoryUser,
+        disabled: bool,
+    ) -> Result<User, AdminError> {
+        let at = now();
+        if !disabled && user.directory_disabled_at.is_none() {
+            return Ok(user.user.clone());
+        }
+        let changed = self
+            .store
+            .set_disabled(&user.user.login, disabled, at)
+            .await?;
+        self.store
+            .set_directory_disabled(user.user.id, disabled.then_some(at))
+            .await?;
+        let kind = if disabled {
+            "user_disabled"
+        } else {
+            "user_enabled"
+        };
+        self.audit_as(kind, &changed.login, None, Actor::Directory)
+            .await?;
+        Ok(changed)
     }
 
     /// Every user, by login.
@@ -254,7 +303,7 @@ impl Accounts {
         actor: Actor<'_>,
     ) -> Result<(), StoreError> {
         let (client_ip, client_id) = match actor {
-            Actor::Cli => (None, None),
+            Actor::Cli | Actor::Directory => (None, None),
             Actor::Portal { client_ip, browser } => (Some(client_ip.to_string()), browser),
         };
         self.store

@@ -67,6 +67,9 @@ pub struct Config {
     /// without this section.
     #[serde(default)]
     pub portal: Option<PortalConfig>,
+    /// Provisioning from the directory and following it when people leave.
+    #[serde(default)]
+    pub directory: DirectoryConfig,
     /// Where postern gets OAuth 2.0 tokens for upstreams with `auth = "xoauth2"` or
     /// `"oauthbearer"`, by section name.
     #[serde(default)]
@@ -269,6 +272,9 @@ pub struct PortalConfig {
     /// The mail a user gets when an app password is made or a second factor changes.
     #[serde(default)]
     pub notifications: Notifications,
+    /// The directory of `sign_in = "ldap"`.
+    #[serde(default)]
+    pub ldap: Option<LdapConfig>,
 }
 
 /// `[portal.notifications]`: a mail to the user, sent through the upstream submission
@@ -302,6 +308,135 @@ pub enum SignIn {
     /// LOGIN to the upstream IMAP server as the user, then LOGOUT.
     #[default]
     Upstream,
+    /// A bind to the organisation's LDAP directory as the person (`[portal.ldap]`).
+    Ldap,
+}
+
+/// `[portal.ldap]`: the directory people sign in with (`sign_in = "ldap"`) and that the
+/// sync follows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapConfig {
+    /// `ldaps://host[:port]`, or `ldap://host[:port]` (with `starttls = true` unless on
+    /// loopback).
+    pub url: String,
+    /// Upgrade an `ldap://` connection with StartTLS before binding.
+    #[serde(default)]
+    pub starttls: bool,
+    /// PEM certificates to trust for the directory instead of the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The schema's defaults: `openldap` or `active-directory`.
+    #[serde(default)]
+    pub preset: LdapPreset,
+    /// Where people are searched.
+    pub base_dn: String,
+    /// The service account that searches.
+    pub bind_dn: String,
+    /// Its password, on the file's first line (read at each search).
+    pub bind_password_file: PathBuf,
+    /// The search for the person who types `{login}` (escaped, RFC 4515).
+    #[serde(default)]
+    pub user_filter: Option<String>,
+    /// The attribute that becomes the postern login.
+    #[serde(default)]
+    pub login_attribute: Option<String>,
+    /// The attribute that is the upstream identity (the name postern logs in as there).
+    #[serde(default)]
+    pub upstream_attribute: Option<String>,
+    /// The attribute holding the sender addresses (AD's `proxyAddresses` keep their
+    /// `smtp:` prefixes; they are read as such).
+    #[serde(default)]
+    pub address_attribute: Option<String>,
+    /// Deadline for each directory operation.
+    #[serde(default = "default_ldap_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+/// The directory schemas postern knows the defaults of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LdapPreset {
+    /// inetOrgPerson: `mail` (login and addresses), `uid` (upstream identity); an entry
+    /// locked for good by the ppolicy overlay (`pwdAccountLockedTime: 000001010000Z`) is
+    /// disabled.
+    #[default]
+    Openldap,
+    /// Active Directory: `userPrincipalName` (login and upstream identity), `sAMAccountName`
+    /// also accepted, `proxyAddresses` (addresses); `userAccountControl` bit 2 disables.
+    ActiveDirectory,
+}
+
+fn default_ldap_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl LdapConfig {
+    pub fn user_filter(&self) -> String {
+        self.user_filter
+            .clone()
+            .unwrap_or_else(|| match self.preset {
+                LdapPreset::Openldap => {
+                    "(&(objectClass=inetOrgPerson)(|(mail={login})(uid={login})))".to_string()
+                }
+                LdapPreset::ActiveDirectory => "(&(objectClass=user)(|(userPrincipalName={login})\
+                                            (sAMAccountName={login})(mail={login})))"
+                    .to_string(),
+            })
+    }
+
+    pub fn login_attribute(&self) -> String {
+        self.login_attribute
+            .clone()
+            .unwrap_or_else(|| match self.preset {
+                LdapPreset::Openldap => "mail".to_string(),
+                LdapPreset::ActiveDirectory => "userPrincipalName".to_string(),
+            })
+    }
+
+    pub fn upstream_attribute(&self) -> String {
+        self.upstream_attribute
+            .clone()
+            .unwrap_or_else(|| match self.preset {
+                LdapPreset::Openldap => "uid".to_string(),
+                LdapPreset::ActiveDirectory => "userPrincipalName".to_string(),
+            })
+    }
+
+    pub fn address_attribute(&self) -> String {
+        self.address_attribute
+            .clone()
+            .unwrap_or_else(|| match self.preset {
+                LdapPreset::Openldap => "mail".to_string(),
+                LdapPreset::ActiveDirectory => "proxyAddresses".to_string(),
+            })
+    }
+}
+
+/// `[directory]`: what postern does with the people the directory knows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// A person without a postern user gets one at their first sign-in; off, an admin
+    /// creates users with the CLI.
+    #[serde(default = "default_true")]
+    pub provision: bool,
+    /// How often the LDAP directory is read to disable people who left (0: never).
+    #[serde(default = "default_sync_interval", with = "duration")]
+    pub sync_interval: Duration,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        Self {
+            provision: true,
+            sync_interval: default_sync_interval(),
+        }
+    }
+}
+
+fn default_sync_interval() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// The servers a user's device is set up with (implicit TLS).
@@ -991,10 +1126,35 @@ impl Config {
                     portal.public_url
                 ));
             }
-            if self.upstream.imap.is_none() {
-                problems.push(
+            match (portal.sign_in, &portal.ldap) {
+                (SignIn::Upstream, _) if self.upstream.imap.is_none() => problems.push(
                     "[portal] sign_in = \"upstream\" needs an [upstream.imap] section".to_string(),
-                );
+                ),
+                (SignIn::Ldap, None) => problems
+                    .push("[portal] sign_in = \"ldap\" needs a [portal.ldap] section".to_string()),
+                _ => {}
+            }
+            if let Some(ldap) = &portal.ldap {
+                let loopback = ldap
+                    .url
+                    .strip_prefix("ldap://")
+                    .and_then(|rest| rest.split([':', '/']).next())
+                    .is_some_and(is_loopback_host);
+                if !ldap.url.starts_with("ldaps://") && !ldap.url.starts_with("ldap://") {
+                    problems.push(format!(
+                        "[portal.ldap] url {:?} must start with ldaps:// or ldap://",
+                        ldap.url
+                    ));
+                } else if ldap.url.starts_with("ldap://") && !ldap.starttls && !loopback {
+                    problems.push(
+                        "[portal.ldap] an ldap:// url needs starttls = true (passwords would cross \
+                         the network in clear), or use ldaps://"
+                            .to_string(),
+                    );
+                }
+                if !ldap.user_filter().contains("{login}") {
+                    problems.push("[portal.ldap] user_filter must contain {login}".to_string());
+                }
             }
         }
         if self.limits.max_line < 1024 {

@@ -30,13 +30,15 @@
 //!   PostgreSQL; [`accounts`] is what the CLI (and later the portal) does with them;
 //!   [`ops`] has the metrics, the HTTP endpoint and the audit queue in front of the store.
 //! - [`portal`] is where users sign in, pass a second factor and make their own app
-//!   passwords, over HTTPS on the same certificate.
+//!   passwords, over HTTPS on the same certificate; [`directory`] is the organisation's
+//!   LDAP directory people sign in with, and the sync that follows it when they leave.
 //! - [`config`], [`protocol`] and [`clock`] are the leaves everything reads.
 
 pub mod accounts;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod directory;
 pub mod gateway;
 pub mod imap;
 pub mod limits;

@@ -46,6 +46,9 @@ enum Command {
     /// Manage app passwords.
     #[command(subcommand, name = "app-password")]
     AppPassword(AppPasswordCommand),
+    /// The organisation's directory ([portal.ldap]).
+    #[command(subcommand)]
+    Directory(DirectoryCommand),
     /// Upstream tokens from [oauth2.*] identity providers.
     #[command(subcommand)]
     Oauth2(Oauth2Command),
@@ -57,6 +60,16 @@ enum Command {
         limit: u32,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DirectoryCommand {
+    /// Disable the users whose directory entry is disabled or gone, enable those back.
+    Sync {
+        /// Show what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -215,6 +228,33 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::User(command) => user(&config, command).await,
+        Command::Directory(DirectoryCommand::Sync { dry_run }) => {
+            let Some(ldap) = config.portal.as_ref().and_then(|p| p.ldap.as_ref()) else {
+                eprintln!("{}: there is no [portal.ldap] section", path.display());
+                return Ok(ExitCode::FAILURE);
+            };
+            let directory =
+                postern::directory::ldap::Directory::new(ldap).map_err(anyhow::Error::msg)?;
+            let store = open_store(&config).await?;
+            let accounts = accounts(&config).await?;
+            let changes = match postern::directory::sync::plan(&directory, &store).await {
+                Ok(changes) => changes,
+                Err(why) => {
+                    eprintln!("the directory cannot be read: {why}; nothing changed");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            for change in &changes {
+                println!("{change}");
+            }
+            if changes.is_empty() {
+                println!("nothing to change");
+            }
+            if !dry_run {
+                postern::directory::sync::apply(&accounts, &changes).await?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Oauth2(Oauth2Command::Test { name, user }) => {
             let upstream_user = match open_store(&config).await {
                 Ok(store) => match store.user(&user).await {

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::changes;
-use crate::config::{Config, ListenerConfig, PortalConfig};
+use crate::config::{Config, DirectoryConfig, ListenerConfig, PortalConfig};
 use crate::gateway::{Gateway, ServeError};
 use crate::imap::warm;
 use crate::net::listener;
@@ -28,6 +28,8 @@ pub struct Bound {
     pub http: Option<TcpListener>,
     /// The self-service portal, when `[portal]` is configured.
     pub portal: Option<(PortalConfig, TcpListener)>,
+    /// What the portal does with the directory's people (`[directory]`).
+    pub directory: DirectoryConfig,
 }
 
 /// Binds every configured listener, the HTTP endpoint and the portal.
@@ -68,6 +70,7 @@ pub async fn bind(config: &Config) -> Result<Bound, ServeError> {
         listeners,
         http: Some(http),
         portal,
+        directory: config.directory.clone(),
     })
 }
 
@@ -79,6 +82,7 @@ pub async fn run(gateway: Arc<Gateway>, bound: Bound, shutdown: impl Future<Outp
         listeners,
         http,
         portal,
+        directory,
     } = bound;
     // Connections (accept loops and sessions) drain within the grace; the services
     // (metrics endpoint, change follower) keep running until the end.
@@ -96,10 +100,20 @@ pub async fn run(gateway: Arc<Gateway>, bound: Bound, shutdown: impl Future<Outp
         ));
     }
     if let Some((config, socket)) = portal {
-        match Portal::new(gateway.clone(), config).await {
+        match Portal::new(gateway.clone(), config, &directory).await {
             Ok(portal) => {
                 if let Ok(address) = socket.local_addr() {
                     tracing::info!(%address, "portal on https");
+                }
+                if let (Some(ldap), false) = (&portal.directory, directory.sync_interval.is_zero())
+                {
+                    tasks.spawn(crate::directory::sync::run(
+                        ldap.clone(),
+                        gateway.store.clone(),
+                        portal.accounts.clone(),
+                        directory.sync_interval,
+                        gateway.drain.clone(),
+                    ));
                 }
                 tasks.spawn(portal::serve(portal, socket, tasks.clone()));
             }

@@ -56,6 +56,10 @@ pub struct Portal {
     pub accounts: Accounts,
     /// The passkey relying party of `public_url`.
     pub webauthn: webauthn_rs::Webauthn,
+    /// The LDAP directory of `sign_in = "ldap"`.
+    pub directory: Option<Arc<crate::directory::ldap::Directory>>,
+    /// People without a postern user get one at their first sign-in.
+    pub provision: bool,
 }
 
 /// Why the portal cannot start.
@@ -76,8 +80,15 @@ impl Portal {
     pub async fn new(
         gateway: Arc<Gateway>,
         config: PortalConfig,
+        directory: &crate::config::DirectoryConfig,
     ) -> Result<Arc<Self>, PortalError> {
         let webauthn = passkeys::relying_party(&config).map_err(PortalError::Config)?;
+        let ldap = config
+            .ldap
+            .as_ref()
+            .map(|ldap| crate::directory::ldap::Directory::new(ldap).map(Arc::new))
+            .transpose()
+            .map_err(PortalError::Config)?;
         let accounts = Accounts::new(
             gateway.store.clone(),
             gateway.verifier.hasher().clone(),
@@ -89,6 +100,8 @@ impl Portal {
             config,
             accounts,
             webauthn,
+            directory: ldap,
+            provision: directory.provision,
         }))
     }
 

@@ -1,7 +1,11 @@
-//! Signing in with the primary password (`sign_in = "upstream"`: postern logs in to the
-//! upstream IMAP server as the user, then out; the password is never stored, cached or
-//! logged) and signing out. An unknown user and a wrong password get the same refusal;
-//! failed sign-ins earn the same penalties as IMAP and SMTP logins, per address and login.
+//! Signing in with the primary password and signing out. The password is checked by the
+//! configured method: `sign_in = "upstream"` logs in to the upstream IMAP server as the
+//! user, then out; `sign_in = "ldap"` binds to the organisation's directory as the person
+//! (a person without a postern user gets one now, from the directory's attributes, unless
+//! `[directory] provision = false`). The password is never stored, cached or logged. An
+//! unknown user and a wrong password get the same refusal; failed sign-ins earn the same
+//! penalties as IMAP and SMTP logins, per address and login; the directory or upstream
+//! unreachable is "try again later", never counted against the person.
 
 use std::sync::Arc;
 
@@ -13,13 +17,18 @@ use axum::response::{IntoResponse, Redirect, Response};
 use super::browser::Browser;
 use super::pages::{self, Fields, SignInPage};
 use super::Portal;
+use crate::accounts::AdminError;
 use crate::auth::{password, Secret};
 use crate::clock::now;
+use crate::config::SignIn;
+use crate::directory::{sync, Answer, Person};
 use crate::imap;
+use crate::store::{StoreError, User};
 
-/// How the upstream answered a sign-in.
+/// What the sign-in method said.
 enum Checked {
-    Accepted,
+    /// The password is right; the directory's description of the person when it has one.
+    Accepted(Option<Person>),
     Refused,
     Unavailable,
 }
@@ -70,15 +79,30 @@ pub async fn sign_in(
             return (browser.jar, pages::failure(t)).into_response();
         }
     };
-    // An unknown login is checked upstream all the same: a refusal takes as long either way.
-    let upstream_user = user
-        .as_ref()
-        .map_or(login.as_str(), |user| user.upstream_user.as_str());
-    let checked = check_upstream(&portal, upstream_user, &password).await;
+    let checked = match portal.config.sign_in {
+        SignIn::Upstream => {
+            // An unknown login is checked upstream all the same: a refusal takes as long
+            // either way.
+            let upstream_user = user
+                .as_ref()
+                .map_or(login.as_str(), |user| user.upstream_user.as_str());
+            check_upstream(&portal, upstream_user, &password).await
+        }
+        SignIn::Ldap => check_directory(&portal, &login, &password).await,
+    };
     let digest = gateway.verifier.lookup_key().cache_key(&login, &password);
     drop(password);
+    // The directory may name the person differently from what they typed (uid, UPN).
+    let (checked, user) = match checked {
+        Checked::Accepted(Some(person)) => match known_or_provisioned(&portal, &person).await {
+            Ok(user) => (Checked::Accepted(None), user),
+            Err(()) => return (browser.jar, pages::failure(t)).into_response(),
+        },
+        checked => (checked, user),
+    };
+    let login = user.as_ref().map_or(login, |user| user.login.clone());
     let user = match (checked, user) {
-        (Checked::Accepted, Some(user)) if user.disabled_at.is_none() => user,
+        (Checked::Accepted(_), Some(user)) if user.disabled_at.is_none() => user,
         (Checked::Unavailable, _) => {
             record(&portal, &login, &browser, "upstream_unavailable");
             let response = page(&browser, t.try_later);
@@ -87,7 +111,7 @@ pub async fn sign_in(
         (checked, user) => {
             let result = match (&checked, &user) {
                 (_, None) => "unknown_user",
-                (Checked::Accepted, Some(_)) => "disabled",
+                (Checked::Accepted(_), Some(_)) => "disabled",
                 _ => "bad_password",
             };
             if matches!(checked, Checked::Refused) {
@@ -126,11 +150,55 @@ async fn check_upstream(portal: &Portal, user: &str, password: &Secret<String>) 
         return Checked::Unavailable;
     };
     match imap::upstream::check_password(&upstream, user, password).await {
-        Ok(true) => Checked::Accepted,
+        Ok(true) => Checked::Accepted(None),
         Ok(false) => Checked::Refused,
         Err(error) => {
             tracing::warn!(%error, "portal: the upstream cannot check a sign-in");
             Checked::Unavailable
+        }
+    }
+}
+
+/// A bind to the directory as the person.
+async fn check_directory(portal: &Portal, login: &str, password: &Secret<String>) -> Checked {
+    let Some(directory) = &portal.directory else {
+        return Checked::Unavailable;
+    };
+    match directory.sign_in(login, password).await {
+        Answer::Yes(person) => Checked::Accepted(Some(person)),
+        Answer::No => Checked::Refused,
+        Answer::Unavailable(why) => {
+            tracing::warn!(reason = %why, "portal: the directory cannot check a sign-in");
+            Checked::Unavailable
+        }
+    }
+}
+
+/// The postern user a person from the directory is: found, or made now (unless
+/// provisioning is off: then `None`, an unknown user).
+async fn known_or_provisioned(portal: &Portal, person: &Person) -> Result<Option<User>, ()> {
+    let store = &portal.gateway.store;
+    match store.user(&person.login).await {
+        Ok(Some(user)) => return Ok(Some(user)),
+        Ok(None) if !portal.provision => return Ok(None),
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(%error, "portal: cannot look the user up");
+            return Err(());
+        }
+    }
+    match portal.accounts.provision(person, sync::SOURCE).await {
+        Ok(user) => {
+            tracing::info!(login = ?user.login, "portal: user created from the directory");
+            Ok(Some(user))
+        }
+        // Made meanwhile by another sign-in.
+        Err(AdminError::Store(StoreError::UserExists(_))) => {
+            store.user(&person.login).await.map_err(|_| ())
+        }
+        Err(error) => {
+            tracing::warn!(%error, "portal: cannot create the user");
+            Err(())
         }
     }
 }

@@ -46,6 +46,11 @@ const SQLITE: &[Embedded] = &[
         "last used client",
         include_str!("../../migrations/sqlite/0005_last_used_client.sql"),
     ),
+    (
+        6,
+        "directory users",
+        include_str!("../../migrations/sqlite/0006_directory_users.sql"),
+    ),
 ];
 
 const POSTGRES: &[Embedded] = &[
@@ -73,6 +78,11 @@ const POSTGRES: &[Embedded] = &[
         5,
         "last used client",
         include_str!("../../migrations/postgres/0005_last_used_client.sql"),
+    ),
+    (
+        6,
+        "directory users",
+        include_str!("../../migrations/postgres/0006_directory_users.sql"),
     ),
 ];
 

@@ -16,6 +16,7 @@
 mod app_passwords;
 mod audit;
 mod changes;
+mod directory;
 mod mfa;
 mod migrations;
 mod model;
@@ -37,6 +38,7 @@ pub use model::{
     UnknownScope, User,
 };
 
+pub use directory::DirectoryUser;
 pub use mfa::{MfaMethods, PasskeyRecord, TotpRecord};
 pub use portal::{DeviceLink, PortalSession};
 

@@ -142,6 +142,7 @@ impl Store {
             "DELETE FROM totp_secrets WHERE user_id = $1",
             "DELETE FROM recovery_codes WHERE user_id = $1",
             "DELETE FROM passkeys WHERE user_id = $1",
+            "DELETE FROM directory_users WHERE user_id = $1",
             "DELETE FROM users WHERE id = $1",
         ] {
             sqlx::query(statement)

@@ -19,6 +19,15 @@
 // claims jti, sub, iat, exp, scope, client_id, iss, aud: what Dovecot's oauth2 passdb
 // validates locally (see dovecot-oauth2.md).
 //
+// OpenID Connect sign-in (only with "oidc_clients" and "accounts" in CONFIG): the
+// authorization code flow with PKCE (S256, required), state and nonce, for confidential web
+// clients; scopes openid, email, profile; GET /auth, POST /token, GET /jwks, GET /me
+// (userinfo), GET /session/end (RP-initiated logout). The login is this file's own form
+// (GET /interaction/UID, POST /interaction/UID/login with "login" and "password"), checked
+// against CONFIG's accounts; consent is implied (no consent page). ID tokens carry sub,
+// email, email_verified, name, amr (and acr) of the account, nonce, at_hash, auth_time.
+// CONFIG "sso": false (default) makes every authorization ask for the password.
+//
 // ---------------------------------------------------------------------------------------
 // TEST HOOKS (test only, same port, under /__test/; never part of a real provider):
 //   GET  /__test/health                 200 "ok"
@@ -38,6 +47,15 @@
 //        a token signed like the real ones without a token request (not counted): exp_in<0
 //        gives an expired token, key=foreign a bad signature under the real kid, kid=... an
 //        unknown key id. Answers {"access_token": ...}.
+//   POST /__test/rotate-keys[?kid=KID][&keep_old=0]
+//        a new RSA key signs the ID tokens issued from now on; /jwks lists it first, then
+//        the older ones (keep_old=0: only the new one). Access tokens keep their key.
+//   POST /__test/id-token?mode=MODE[&times=N]   the next N (default 1) ID tokens from the
+//        token endpoint are broken: bad_signature, wrong_nonce, no_nonce, wrong_aud,
+//        wrong_iss, expired, unknown_kid, foreign_key, alg_none (cleared by /__test/ok)
+//   POST /__test/account?id=ID[&disabled=1|0][&password=P][&amr=pwd,mfa][&acr=A]
+//        changes an account: a disabled one cannot sign in
+//   GET  /__test/logins                 the last 100 login form posts: login, account, ok, reason
 // ---------------------------------------------------------------------------------------
 
 import * as crypto from 'node:crypto';
@@ -48,6 +66,9 @@ import * as path from 'node:path';
 
 import * as jose from 'jose';
 import Provider, { errors } from 'oidc-provider';
+// oidc-provider's per-instance state (keystore, published JWKS): used only by the
+// /__test/rotate-keys hook. An internal module of the exactly pinned 8.8.1 (package-lock).
+import instance from 'oidc-provider/lib/helpers/weak_cache.js';
 
 // stdout carries only the `ready PORT` line: oidc-provider prints notices with console.info.
 console.log = console.info = console.debug = (...args) => console.error(...args);
@@ -203,6 +224,142 @@ for (const c of config.clients || []) {
   providerClients.push(meta);
 }
 
+// ----- OpenID Connect clients and accounts (optional) --------------------------------
+
+const oidcClientIds = new Set();
+for (const c of config.oidc_clients || []) {
+  if (!c.client_id) die('an oidc client has no client_id');
+  if (clientConfigs.has(c.client_id)) die(`client ${c.client_id} is configured twice`);
+  if (!c.client_secret) die(`oidc client ${c.client_id}: needs client_secret`);
+  if (!Array.isArray(c.redirect_uris) || !c.redirect_uris.length) {
+    die(`oidc client ${c.client_id}: needs redirect_uris`);
+  }
+  const auth = c.auth || 'client_secret_basic';
+  if (auth !== 'client_secret_basic' && auth !== 'client_secret_post') {
+    die(`oidc client ${c.client_id}: auth must be client_secret_basic or client_secret_post`);
+  }
+  oidcClientIds.add(c.client_id);
+  clientConfigs.set(c.client_id, { ...c, grant: 'authorization_code' });
+  providerClients.push({
+    client_id: c.client_id,
+    client_secret: c.client_secret,
+    redirect_uris: c.redirect_uris,
+    post_logout_redirect_uris: c.post_logout_redirect_uris || [],
+    response_types: ['code'],
+    grant_types: ['authorization_code'],
+    token_endpoint_auth_method: auth,
+    id_token_signed_response_alg: 'RS256',
+  });
+}
+const oidcEnabled = oidcClientIds.size > 0;
+
+const STANDARD_CLAIMS = new Set(['sub', 'email', 'email_verified', 'name', 'amr', 'acr']);
+const accounts = new Map();
+const accountClaimNames = new Set();
+function checkAmr(amr, where) {
+  if (amr !== undefined && (!Array.isArray(amr) || !amr.every((v) => typeof v === 'string' && v))) {
+    die(`${where}: amr must be an array of strings`);
+  }
+}
+for (const a of config.accounts || []) {
+  if (!a.id || typeof a.id !== 'string') die('an account has no id');
+  if (accounts.has(a.id)) die(`account ${a.id} is configured twice`);
+  if (typeof a.password !== 'string' || !a.password) die(`account ${a.id}: needs password`);
+  checkAmr(a.amr, `account ${a.id}`);
+  for (const name of Object.keys(a.claims || {})) {
+    if (STANDARD_CLAIMS.has(name)) die(`account ${a.id}: claims.${name} is set by the provider`);
+    accountClaimNames.add(name);
+  }
+  accounts.set(a.id, { ...a, disabled: Boolean(a.disabled) });
+}
+if (oidcEnabled && !accounts.size) die('oidc_clients need accounts');
+// Every authorization asks for the password unless CONFIG says "sso": true: the front
+// drops the provider's session cookies from authorization requests (/auth and its resume,
+// /auth/UID), so each one starts without a session (tests sign in as several people in one
+// browser; oidc-provider would otherwise reuse the session, or answer a change of account
+// with an auto-submitted sign-out form). The session cookie set at the end of the flow
+// still serves /session/end.
+const sso = Boolean(config.sso);
+const SESSION_COOKIES = new Set(['_session', '_session.sig', '_session.legacy', '_session.legacy.sig']);
+function dropSessionCookies(req) {
+  if (!req.headers.cookie) return;
+  const kept = req.headers.cookie.split(/;\s*/)
+    .filter((pair) => !SESSION_COOKIES.has(pair.slice(0, pair.indexOf('=')).trim()));
+  if (kept.length) req.headers.cookie = kept.join('; ');
+  else delete req.headers.cookie;
+}
+
+function accountByLogin(login) {
+  const wanted = String(login || '').trim().toLowerCase();
+  if (!wanted) return undefined;
+  return [...accounts.values()].find((a) => a.id.toLowerCase() === wanted
+    || (typeof a.email === 'string' && a.email.toLowerCase() === wanted));
+}
+
+// What the ID token (and userinfo) says about an account; the scopes mask it (claims below).
+function accountClaims(a) {
+  const claims = { sub: a.id };
+  if (a.email) {
+    claims.email = a.email;
+    claims.email_verified = a.email_verified ?? true;
+  }
+  if (a.name) claims.name = a.name;
+  return { ...(a.claims || {}), ...claims };
+}
+
+// oidc-provider's settings for the sign-in flow; none of them when CONFIG has no oidc_clients.
+function oidcSettings() {
+  if (!oidcEnabled) return {};
+  // acr is a claim only when some acr values exist (oidc-provider drops it otherwise).
+  const acrValues = [...new Set([...(config.acr_values || []),
+    ...[...accounts.values()].map((a) => a.acr).filter(Boolean)])];
+  return {
+    acrValues,
+    scopes: ['openid', 'email', 'profile'],
+    claims: {
+      acr: null,
+      amr: null,
+      auth_time: null,
+      sid: null,
+      iss: null,
+      // amr, acr, auth_time in every ID token (oidc-provider's default: only on request).
+      openid: ['sub', 'amr', 'acr', 'auth_time'],
+      email: ['email', 'email_verified'],
+      profile: ['name', ...accountClaimNames],
+    },
+    // email, name... in the ID token itself, not only from userinfo.
+    conformIdTokenClaims: false,
+    pkce: { methods: ['S256'], required: () => true },
+    interactions: {
+      url: (ctx, interaction) => `/interaction/${interaction.uid}`,
+    },
+    async findAccount(ctx, sub) {
+      const a = accounts.get(sub);
+      if (!a) return undefined;
+      return { accountId: sub, claims: async () => accountClaims(a) };
+    },
+    // Consent is implied: the first-party client gets the OIDC scopes it asked for.
+    async loadExistingGrant(ctx) {
+      const { client, session, result } = ctx.oidc;
+      const grantId = result?.consent?.grantId || session.grantIdFor(client.clientId);
+      if (grantId) {
+        const existing = await ctx.oidc.provider.Grant.find(grantId);
+        if (existing) return existing;
+      }
+      if (!session.accountId) return undefined;
+      const grant = new ctx.oidc.provider.Grant({ clientId: client.clientId, accountId: session.accountId });
+      grant.addOIDCScope('openid email profile');
+      await grant.save();
+      return grant;
+    },
+    ttl: {
+      AccessToken: () => tokenTtl,
+      ClientCredentials: () => tokenTtl,
+      IdToken: () => tokenTtl,
+    },
+  };
+}
+
 // ----- resources (audiences) and scopes ----------------------------------------------
 
 function resourceForScope(scopes) {
@@ -261,10 +418,30 @@ const provider = new Provider(issuer, {
     clientCredentials: { enabled: true },
     introspection: { enabled: false },
     revocation: { enabled: false },
-    userinfo: { enabled: false },
+    userinfo: { enabled: oidcEnabled },
+    rpInitiatedLogout: {
+      enabled: true,
+      async logoutSource(ctx, form) {
+        ctx.type = 'html';
+        ctx.body = `<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Sign out</title></head>
+<body><h1>Sign out of the test identity provider?</h1>
+${form}
+<button autofocus type="submit" form="op.logoutForm" value="yes" name="logout">Yes, sign me out</button>
+<button type="submit" form="op.logoutForm">No, stay signed in</button>
+</body></html>
+`;
+      },
+      async postLogoutSuccessSource(ctx) {
+        ctx.type = 'html';
+        ctx.body = '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Signed out</title></head><body><h1>Signed out</h1></body></html>\n';
+      },
+    },
     resourceIndicators: {
       enabled: true,
       async defaultResource(ctx, client) {
+        // Sign-in clients get an access token for userinfo (no resource), as usual.
+        if (oidcClientIds.has(client.clientId)) return undefined;
         const scopes = (ctx.oidc.params.scope || '').split(' ').filter(Boolean);
         const resource = resourceForScope(scopes);
         if (!resource || !clientMayUse(client.clientId, resource)) {
@@ -304,6 +481,7 @@ const provider = new Provider(issuer, {
     ctx.type = 'json';
     ctx.body = out;
   },
+  ...oidcSettings(),
 });
 
 // RFC 7523 JWT bearer grant, as Google's service accounts use it.
@@ -378,14 +556,17 @@ provider.on('server_error', (ctx, err) => console.error('server_error', err));
 
 const hooks = {
   failStatus: 0, failError: '', failTimes: Infinity, failHtml: false, delayMs: 0,
+  idTokenMode: null, idTokenTimes: 0,
 };
 let counts;
 let recent;
+let recentLogins;
 function resetCounts() {
   counts = {
     total: 0, ok: 0, error: 0, grants: {},
   };
   recent = [];
+  recentLogins = [];
 }
 resetCounts();
 
@@ -398,6 +579,203 @@ function clearFail() {
 function clearHooks() {
   clearFail();
   hooks.delayMs = 0;
+  hooks.idTokenMode = null;
+  hooks.idTokenTimes = 0;
+}
+
+// ----- ID token keys: rotation, and broken ID tokens on demand ------------------------
+
+// Newest first: idTokenKeys[0] signs the ID tokens. publishedKids: what /jwks lists.
+const idTokenKeys = [{ kid: signingKid, privateKey: signingKey, publicJwk }];
+let publishedKids = [signingKid];
+let rotations = 0;
+
+function rotateKeys(q) {
+  rotations += 1;
+  const kid = q.get('kid') || `${signingKid}-rotated-${rotations}`;
+  if (/[/%]/.test(kid)) throw new Error('kid must not contain "/" or "%"');
+  if (idTokenKeys.some((k) => k.kid === kid)) throw new Error(`kid ${kid} is taken`);
+  const state = instance(provider);
+  const { keystore } = state;
+  if (!keystore || typeof keystore.clear !== 'function' || typeof keystore.add !== 'function'
+    || !state.jwksResponse) {
+    throw new Error('oidc-provider internals are not the expected ones (keystore, jwksResponse)');
+  }
+  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const jwk = { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
+  const pub = { ...crypto.createPublicKey(privateKey).export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
+  // oidc-provider signs ID tokens with the first RS256 key of its keystore; access tokens
+  // name theirs (signing_kid), so they keep the original key.
+  const older = [...keystore];
+  keystore.clear();
+  keystore.add(jwk);
+  older.forEach((k) => keystore.add(k));
+  idTokenKeys.unshift({ kid, privateKey, publicJwk: pub });
+  const keepOld = q.get('keep_old') !== '0';
+  publishedKids = keepOld ? [kid, ...publishedKids] : [kid];
+  state.jwksResponse = {
+    keys: publishedKids.map((k) => idTokenKeys.find((key) => key.kid === k).publicJwk),
+  };
+  console.error(`rotated keys: ID tokens now signed by ${kid}; /jwks lists ${publishedKids.join(', ')}`);
+  return { id_token_kid: kid, jwks_kids: publishedKids, access_token_kid: signingKid };
+}
+
+const ID_TOKEN_BREAKS = new Set(['bad_signature', 'wrong_nonce', 'no_nonce', 'wrong_aud', 'wrong_iss',
+  'expired', 'unknown_kid', 'foreign_key', 'alg_none']);
+
+function signJwtRs256(header, payload, key) {
+  const input = `${Buffer.from(JSON.stringify(header)).toString('base64url')}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`;
+  return `${input}.${crypto.sign('sha256', Buffer.from(input), key).toString('base64url')}`;
+}
+
+// The ID token as the provider issued it, broken the way `mode` says.
+function breakIdToken(idToken, mode) {
+  const [h, p, signature] = idToken.split('.');
+  const header = JSON.parse(Buffer.from(h, 'base64url').toString('utf8'));
+  const payload = JSON.parse(Buffer.from(p, 'base64url').toString('utf8'));
+  const key = idTokenKeys[0].privateKey;
+  const now = Math.floor(Date.now() / 1000);
+  const resign = (changes) => signJwtRs256(header, { ...payload, ...changes }, key);
+  switch (mode) {
+    case 'bad_signature': { // another email under the original signature
+      const changed = { ...payload, email: 'mallory@example.test' };
+      return `${h}.${Buffer.from(JSON.stringify(changed)).toString('base64url')}.${signature}`;
+    }
+    case 'wrong_nonce': return resign({ nonce: crypto.randomBytes(16).toString('base64url') });
+    case 'no_nonce': {
+      const { nonce, ...rest } = payload;
+      return signJwtRs256(header, rest, key);
+    }
+    case 'wrong_aud': return resign({ aud: 'some-other-client' });
+    case 'wrong_iss': return resign({ iss: 'https://idp.attacker.example' });
+    case 'expired': return resign({ iat: now - 7200, exp: now - 3600 });
+    case 'unknown_kid': return signJwtRs256({ ...header, kid: 'no-such-key' }, payload, key);
+    case 'foreign_key': {
+      const { privateKey: foreign } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+      return signJwtRs256(header, payload, foreign);
+    }
+    case 'alg_none': {
+      const none = Buffer.from(JSON.stringify({ alg: 'none', typ: 'JWT' })).toString('base64url');
+      return `${none}.${p}.`;
+    }
+    default: throw new Error(`unknown mode ${mode}`);
+  }
+}
+
+// ----- the sign-in pages (GET /interaction/UID, POST /interaction/UID/login) ----------
+
+function htmlEscape(text) {
+  return String(text ?? '').replace(/[&<>"']/g, (c) => ({
+    '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;',
+  }[c]));
+}
+
+function sendHtml(res, status, html) {
+  res.writeHead(status, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+  res.end(html);
+}
+
+function loginPage(uid, { login = '', error = '', clientId = '' } = {}) {
+  return `<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Sign in: postern test identity provider</title></head>
+<body>
+<h1>Sign in</h1>
+<p>to continue to <span id="client">${htmlEscape(clientId)}</span></p>
+${error ? `<p id="error" role="alert">${htmlEscape(error)}</p>\n` : ''}<form id="login-form" method="post" action="/interaction/${htmlEscape(uid)}/login">
+<label>Email or user name <input type="text" name="login" id="login" value="${htmlEscape(login)}" autocomplete="username" autofocus required></label>
+<label>Password <input type="password" name="password" id="password" autocomplete="current-password" required></label>
+<button type="submit" id="sign-in">Sign in</button>
+</form>
+<form id="abort-form" method="post" action="/interaction/${htmlEscape(uid)}/abort">
+<button type="submit" id="cancel">Cancel</button>
+</form>
+</body></html>
+`;
+}
+
+function passwordMatches(expected, given) {
+  const a = crypto.createHash('sha256').update(String(expected)).digest();
+  const b = crypto.createHash('sha256').update(String(given)).digest();
+  return crypto.timingSafeEqual(a, b);
+}
+
+function recordLogin(entry) {
+  recentLogins.push(entry);
+  if (recentLogins.length > 100) recentLogins.shift();
+  console.error(`login: ${JSON.stringify(entry)}`);
+}
+
+// A consent prompt should not happen (loadExistingGrant grants); if it does, grant it.
+async function finishConsent(req, res, details) {
+  const { prompt: { details: missing }, params, session } = details;
+  const grant = details.grantId
+    ? await provider.Grant.find(details.grantId)
+    : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+  if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+  if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+  for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes || {})) {
+    grant.addResourceScope(indicator, scopes.join(' '));
+  }
+  const grantId = await grant.save();
+  await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+}
+
+async function interaction(req, res, url) {
+  const match = url.pathname.match(/^\/interaction\/([^/]+)(?:\/(login|abort))?$/);
+  if (!match) {
+    sendHtml(res, 404, '<!DOCTYPE html>\n<h1>Not found</h1>\n');
+    return;
+  }
+  const [, uid, action] = match;
+  let details;
+  try {
+    details = await provider.interactionDetails(req, res);
+  } catch (e) {
+    // No or foreign interaction cookie, or the interaction expired.
+    sendHtml(res, 400, `<!DOCTYPE html>\n<h1>Sign-in expired or unknown</h1>\n<p>${htmlEscape(e.message)}</p>\n`);
+    return;
+  }
+  if (details.uid !== uid) {
+    sendHtml(res, 400, '<!DOCTYPE html>\n<h1>Sign-in expired or unknown</h1>\n');
+    return;
+  }
+  const clientId = details.params.client_id;
+  if (req.method === 'GET' && !action) {
+    if (details.prompt.name === 'login') {
+      sendHtml(res, 200, loginPage(uid, { login: details.params.login_hint, clientId }));
+    } else {
+      await finishConsent(req, res, details);
+    }
+    return;
+  }
+  if (req.method === 'POST' && action === 'login') {
+    const form = new URLSearchParams(await readBody(req));
+    const login = form.get('login') || '';
+    const account = accountByLogin(login);
+    let reason = null;
+    if (!account || !passwordMatches(account.password, form.get('password') || '')) reason = 'wrong login or password';
+    else if (account.disabled) reason = 'account disabled';
+    recordLogin({
+      login, account: reason ? null : account.id, ok: !reason, reason, client_id: clientId,
+    });
+    if (reason) {
+      const error = reason === 'account disabled' ? 'This account is disabled.' : 'Wrong email or password.';
+      sendHtml(res, 401, loginPage(uid, { login, error, clientId }));
+      return;
+    }
+    const result = { accountId: account.id, remember: sso };
+    if (account.amr) result.amr = account.amr;
+    if (account.acr) result.acr = account.acr;
+    await provider.interactionFinished(req, res, { login: result }, { mergeWithLastSubmission: false });
+    return;
+  }
+  if (req.method === 'POST' && action === 'abort') {
+    await provider.interactionFinished(req, res, {
+      error: 'access_denied', error_description: 'End-User aborted interaction',
+    }, { mergeWithLastSubmission: false });
+    return;
+  }
+  sendHtml(res, 405, '<!DOCTYPE html>\n<h1>Method not allowed</h1>\n');
 }
 
 function sendJson(res, status, body, headers = {}) {
@@ -510,6 +888,42 @@ async function admin(req, res, url) {
     case 'POST /__test/mint':
       sendJson(res, 200, { access_token: await mint(q), token_type: 'Bearer' });
       return;
+    case 'POST /__test/rotate-keys':
+      try {
+        sendJson(res, 200, rotateKeys(q));
+      } catch (e) {
+        sendJson(res, 400, { error: e.message });
+      }
+      return;
+    case 'POST /__test/id-token': {
+      const mode = q.get('mode');
+      const times = q.has('times') ? Number(q.get('times')) : 1;
+      if (!ID_TOKEN_BREAKS.has(mode) || !Number.isInteger(times) || times < 1) {
+        sendJson(res, 400, { error: `mode must be one of ${[...ID_TOKEN_BREAKS].join(', ')}; times a positive integer` });
+        return;
+      }
+      hooks.idTokenMode = mode;
+      hooks.idTokenTimes = times;
+      break;
+    }
+    case 'POST /__test/account': {
+      const a = accounts.get(q.get('id') || '');
+      if (!a) {
+        sendJson(res, 404, { error: `no account ${q.get('id')}` });
+        return;
+      }
+      if (q.has('disabled')) a.disabled = q.get('disabled') === '1' || q.get('disabled') === 'true';
+      if (q.get('password')) a.password = q.get('password');
+      if (q.has('amr')) a.amr = q.get('amr') ? q.get('amr').split(',') : undefined;
+      if (q.has('acr')) a.acr = q.get('acr') || undefined;
+      sendJson(res, 200, {
+        id: a.id, email: a.email ?? null, disabled: a.disabled, amr: a.amr ?? null, acr: a.acr ?? null,
+      });
+      return;
+    }
+    case 'GET /__test/logins':
+      sendJson(res, 200, recentLogins);
+      return;
     default:
       sendJson(res, 404, { error: `no test hook ${route}` });
       return;
@@ -519,6 +933,8 @@ async function admin(req, res, url) {
     fail_times: Number.isFinite(hooks.failTimes) ? hooks.failTimes : null,
     delay_ms: hooks.delayMs,
     token_ttl_seconds: tokenTtl,
+    id_token_break: hooks.idTokenMode,
+    id_token_break_times: hooks.idTokenMode ? hooks.idTokenTimes : null,
   });
 }
 
@@ -559,8 +975,27 @@ async function tokenRequest(req, res, app) {
   const originalEnd = res.end;
   let answer = '';
   res.end = function end(chunk, ...rest) {
-    if (chunk) answer += chunk.toString();
-    return originalEnd.call(this, chunk, ...rest);
+    let out = chunk;
+    // /__test/id-token: break the ID token of a successful code exchange.
+    if (chunk && hooks.idTokenMode && hooks.idTokenTimes > 0 && res.statusCode === 200
+      && grant === 'authorization_code' && !res.headersSent) {
+      try {
+        const answerBody = JSON.parse(chunk.toString());
+        if (typeof answerBody.id_token === 'string') {
+          const mode = hooks.idTokenMode;
+          answerBody.id_token = breakIdToken(answerBody.id_token, mode);
+          hooks.idTokenTimes -= 1;
+          if (hooks.idTokenTimes === 0) hooks.idTokenMode = null;
+          out = JSON.stringify(answerBody);
+          res.setHeader('content-length', Buffer.byteLength(out));
+          console.error(`token request: ID token broken (${mode}) by /__test/id-token`);
+        }
+      } catch (e) {
+        console.error(`could not break the ID token: ${e.stack || e}`);
+      }
+    }
+    if (out) answer += out.toString();
+    return originalEnd.call(this, out, ...rest);
   };
   res.on('finish', () => {
     record.status = res.statusCode;
@@ -607,7 +1042,11 @@ server.on('request', (req, res) => {
   let handled;
   if (url.pathname.startsWith('/__test/')) handled = admin(req, res, url);
   else if (url.pathname === TOKEN_PATH && req.method === 'POST') handled = tokenRequest(req, res, app);
+  else if (oidcEnabled && url.pathname.startsWith('/interaction/')) handled = interaction(req, res, url);
   else {
+    if (oidcEnabled && !sso && (url.pathname === '/auth' || url.pathname.startsWith('/auth/'))) {
+      dropSessionCookies(req);
+    }
     app(req, res);
     return;
   }
@@ -619,6 +1058,9 @@ server.on('request', (req, res) => {
 });
 
 console.error(`provider: issuer ${issuer}, token endpoint ${tokenUrl}, signing kid ${signingKid}, token ttl ${tokenTtl}s`);
+if (oidcEnabled) {
+  console.error(`provider: OpenID Connect sign-in for ${[...oidcClientIds].join(', ')}; ${accounts.size} accounts; sso ${sso}`);
+}
 process.stdout.write(`ready ${actualPort}\n`);
 
 for (const signal of ['SIGTERM', 'SIGINT']) {

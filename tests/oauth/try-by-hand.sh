@@ -486,7 +486,7 @@ print(f"=== {len(failures)} failed: {failures}" if failures else "=== all login 
 raise SystemExit(1 if failures else 0)
 PY
 echo "--- dovecot.log, oauth2 lines"
-grep -E 'oauth2|xoauth2|oauthbearer' "$DIR/dovecot.log" | sed -E 's/(Bearer |token=)[A-Za-z0-9._-]+/\1<token>/g' | head -40
+grep -E 'oauth2|xoauth2|oauthbearer' "$DIR/dovecot.log" | sed -E 's/(Bearer |token=)[A-Za-z0-9._-]+/\1<token>/g' | sed -n 1,40p # not head: its early exit would SIGPIPE grep (pipefail)
 echo "--- provider.log (last lines)"
 tail -n 5 "$DIR/provider.log"
 exit "$status"

@@ -15,6 +15,7 @@ pub mod dovecot;
 pub mod faulty;
 pub mod haproxy;
 pub mod imap_client;
+pub mod ldap;
 pub mod oauth;
 pub mod postern;
 pub mod postgres;

@@ -344,6 +344,7 @@ proxy_sources = {proxy_sources}
             listeners,
             http: Some(http_socket),
             portal,
+            directory: config.directory.clone(),
         };
         let task = tokio::spawn(server::run(gateway.clone(), bound, async {
             let _ = stopped.await;
