@@ -275,6 +275,9 @@ pub struct PortalConfig {
     /// The directory of `sign_in = "ldap"`.
     #[serde(default)]
     pub ldap: Option<LdapConfig>,
+    /// The OpenID provider of `sign_in = "oidc"`.
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
 }
 
 /// `[portal.notifications]`: a mail to the user, sent through the upstream submission
@@ -310,6 +313,37 @@ pub enum SignIn {
     Upstream,
     /// A bind to the organisation's LDAP directory as the person (`[portal.ldap]`).
     Ldap,
+    /// The organisation's OpenID Connect provider (`[portal.oidc]`).
+    Oidc,
+}
+
+/// `[portal.oidc]`: the OpenID Connect provider people sign in with (`sign_in = "oidc"`),
+/// by the authorization code flow with PKCE; the redirect URI is
+/// `{public_url}/oidc/callback`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer; its discovery document is at `/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    /// The client secret, on the file's first line (read at each sign-in).
+    pub client_secret_file: PathBuf,
+    /// PEM certificates to trust for the provider instead of the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The ID token claim that becomes the postern login.
+    #[serde(default = "default_oidc_login_claim")]
+    pub login_claim: String,
+    /// The claim that is the upstream identity; the login when absent.
+    #[serde(default)]
+    pub upstream_claim: Option<String>,
+    /// Deadline for each request to the provider.
+    #[serde(default = "default_ldap_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_oidc_login_claim() -> String {
+    "email".to_string()
 }
 
 /// `[portal.ldap]`: the directory people sign in with (`sign_in = "ldap"`) and that the
@@ -1132,6 +1166,8 @@ impl Config {
                 ),
                 (SignIn::Ldap, None) => problems
                     .push("[portal] sign_in = \"ldap\" needs a [portal.ldap] section".to_string()),
+                (SignIn::Oidc, _) if portal.oidc.is_none() => problems
+                    .push("[portal] sign_in = \"oidc\" needs a [portal.oidc] section".to_string()),
                 _ => {}
             }
             if let Some(ldap) = &portal.ldap {

@@ -148,7 +148,11 @@ async fn migrate_twice_is_a_noop(db: TestDb) {
         .iter()
         .map(|row| row.try_get::<i64, _>("version").unwrap())
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6], "each migration, applied once");
+    assert_eq!(
+        versions,
+        [1, 2, 3, 4, 5, 6, 7],
+        "each migration, applied once"
+    );
     pool.close().await;
 
     db.store.ping().await.unwrap();

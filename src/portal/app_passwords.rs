@@ -32,11 +32,18 @@ pub async fn home(State(portal): State<Arc<Portal>>, browser: Browser) -> Respon
     match ready(&portal, &browser) {
         Ready::Yes(_) => list(State(portal), browser).await,
         Ready::NeedsMfa => (browser.jar, Redirect::to("/mfa")).into_response(),
-        Ready::SignIn => sign_in_page(&browser, None),
+        Ready::SignIn => sign_in_page(&portal, &browser, None, None),
     }
 }
 
-pub(super) fn sign_in_page(browser: &Browser, notice: Option<&'static str>) -> Response {
+/// The sign-in page (a password form, or the way to the OpenID provider), with a notice
+/// or an error.
+pub(super) fn sign_in_page(
+    portal: &Portal,
+    browser: &Browser,
+    notice: Option<&'static str>,
+    error: Option<&'static str>,
+) -> Response {
     let response = pages::render(
         StatusCode::OK,
         &SignInPage {
@@ -45,8 +52,9 @@ pub(super) fn sign_in_page(browser: &Browser, notice: Option<&'static str>) -> R
             signed_in: false,
             nav: false,
             login: "",
-            error: None,
+            error,
             notice,
+            oidc: portal.config.sign_in == crate::config::SignIn::Oidc,
         },
     );
     (browser.jar.clone(), response).into_response()
@@ -143,7 +151,7 @@ pub async fn create(State(portal): State<Arc<Portal>>, browser: Browser, body: B
     };
     if !access::recent(&portal, session) {
         let t = browser.t;
-        return sign_in_page(&browser, Some(t.sign_in_again));
+        return sign_in_page(&portal, &browser, Some(t.sign_in_again), None);
     }
     let at = now();
     let name = form.get("name").unwrap_or("").trim();

@@ -24,6 +24,7 @@ pub mod device;
 pub mod i18n;
 pub mod mfa;
 pub mod notify;
+pub mod oidc;
 pub mod pages;
 pub mod passkeys;
 pub mod profile;
@@ -60,6 +61,8 @@ pub struct Portal {
     pub directory: Option<Arc<crate::directory::ldap::Directory>>,
     /// People without a postern user get one at their first sign-in.
     pub provision: bool,
+    /// The OpenID provider's HTTP client, with `sign_in = "oidc"`.
+    pub oidc_http: Option<reqwest::Client>,
 }
 
 /// Why the portal cannot start.
@@ -89,6 +92,12 @@ impl Portal {
             .map(|ldap| crate::directory::ldap::Directory::new(ldap).map(Arc::new))
             .transpose()
             .map_err(PortalError::Config)?;
+        let oidc_http = config
+            .oidc
+            .as_ref()
+            .map(oidc::http_client)
+            .transpose()
+            .map_err(PortalError::Config)?;
         let accounts = Accounts::new(
             gateway.store.clone(),
             gateway.verifier.hasher().clone(),
@@ -102,6 +111,7 @@ impl Portal {
             webauthn,
             directory: ldap,
             provision: directory.provision,
+            oidc_http,
         }))
     }
 
@@ -134,6 +144,8 @@ impl Portal {
             .route("/", get(app_passwords::home))
             .route("/sign-in", post(sign_in::sign_in))
             .route("/sign-out", post(sign_in::sign_out))
+            .route("/oidc/start", get(oidc::start))
+            .route("/oidc/callback", get(oidc::callback))
             .route("/mfa", get(mfa::page))
             .route("/mfa/verify", post(mfa::verify))
             .route(

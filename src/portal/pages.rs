@@ -19,6 +19,8 @@ pub struct SignInPage<'a> {
     pub login: &'a str,
     pub error: Option<&'static str>,
     pub notice: Option<&'static str>,
+    /// Signing in is the OpenID provider's: a button to it instead of the form.
+    pub oidc: bool,
 }
 
 /// What the TOTP set-up shows.

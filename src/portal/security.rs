@@ -90,7 +90,12 @@ fn changing<'b>(
     let form = Fields::parse(body);
     let session = acting(portal, browser, &form)?;
     if !access::recent(portal, session) {
-        return Err(sign_in_page(browser, Some(browser.t.sign_in_again_change)));
+        return Err(sign_in_page(
+            portal,
+            browser,
+            Some(browser.t.sign_in_again_change),
+            None,
+        ));
     }
     Ok(session)
 }

@@ -44,6 +44,10 @@ pub async fn sign_in(
     if !browser.csrf_ok(form.get("csrf")) {
         return (browser.jar, pages::forbidden(t)).into_response();
     }
+    if portal.config.sign_in == SignIn::Oidc {
+        // No password here: the provider asks for it.
+        return (browser.jar, Redirect::to("/oidc/start")).into_response();
+    }
     let typed_login = form.get("login").unwrap_or("").trim().to_string();
     let password = Secret::new(form.get("password").unwrap_or("").to_string());
     let login = password::normalize_login(&typed_login);
@@ -58,6 +62,7 @@ pub async fn sign_in(
                 login: &typed_login,
                 error: Some(error),
                 notice: None,
+                oidc: false,
             },
         )
     };
@@ -89,15 +94,18 @@ pub async fn sign_in(
             check_upstream(&portal, upstream_user, &password).await
         }
         SignIn::Ldap => check_directory(&portal, &login, &password).await,
+        SignIn::Oidc => Checked::Refused,
     };
     let digest = gateway.verifier.lookup_key().cache_key(&login, &password);
     drop(password);
     // The directory may name the person differently from what they typed (uid, UPN).
     let (checked, user) = match checked {
-        Checked::Accepted(Some(person)) => match known_or_provisioned(&portal, &person).await {
-            Ok(user) => (Checked::Accepted(None), user),
-            Err(()) => return (browser.jar, pages::failure(t)).into_response(),
-        },
+        Checked::Accepted(Some(person)) => {
+            match known_or_provisioned(&portal, &person, sync::SOURCE).await {
+                Ok(user) => (Checked::Accepted(None), user),
+                Err(()) => return (browser.jar, pages::failure(t)).into_response(),
+            }
+        }
         checked => (checked, user),
     };
     let login = user.as_ref().map_or(login, |user| user.login.clone());
@@ -124,24 +132,46 @@ pub async fn sign_in(
         }
     };
     gateway.penalties.succeeded(ip, &login).await;
+    match begin_session(&portal, &mut browser, &user, false).await {
+        Ok(next) => {
+            record(&portal, &login, &browser, "ok");
+            (browser.jar, Redirect::to(next)).into_response()
+        }
+        Err(()) => pages::failure(t),
+    }
+}
+
+/// Signs the browser in as `user` (a new session cookie, kept in the store), its second
+/// factor already passed when `mfa_passed` (an identity provider's MFA). Returns where to
+/// go next.
+pub(super) async fn begin_session(
+    portal: &Portal,
+    browser: &mut Browser,
+    user: &User,
+    mfa_passed: bool,
+) -> Result<&'static str, ()> {
+    let store = &portal.gateway.store;
     let (token_hash, csrf) = browser.begin_session();
     let at = now();
     let expires_at = at + portal.config.session_lifetime.as_secs() as i64;
-    if let Err(error) = gateway
-        .store
+    if let Err(error) = store
         .create_portal_session(&token_hash, user.id, &csrf, at, expires_at)
         .await
     {
         tracing::warn!(%error, "portal: cannot store the session");
-        return pages::failure(t);
+        return Err(());
     }
-    record(&portal, &login, &browser, "ok");
-    let next = if portal.config.require_mfa {
+    if mfa_passed {
+        if let Err(error) = store.portal_mfa_passed(&token_hash, at).await {
+            tracing::warn!(%error, "portal: cannot store the session");
+            return Err(());
+        }
+    }
+    Ok(if portal.config.require_mfa && !mfa_passed {
         "/mfa"
     } else {
         "/app-passwords"
-    };
-    (browser.jar, Redirect::to(next)).into_response()
+    })
 }
 
 /// LOGIN and LOGOUT upstream as the user, within the upstream's reply timeout.
@@ -176,7 +206,11 @@ async fn check_directory(portal: &Portal, login: &str, password: &Secret<String>
 
 /// The postern user a person from the directory is: found, or made now (unless
 /// provisioning is off: then `None`, an unknown user).
-async fn known_or_provisioned(portal: &Portal, person: &Person) -> Result<Option<User>, ()> {
+pub(super) async fn known_or_provisioned(
+    portal: &Portal,
+    person: &Person,
+    source: &str,
+) -> Result<Option<User>, ()> {
     let store = &portal.gateway.store;
     match store.user(&person.login).await {
         Ok(Some(user)) => return Ok(Some(user)),
@@ -187,7 +221,7 @@ async fn known_or_provisioned(portal: &Portal, person: &Person) -> Result<Option
             return Err(());
         }
     }
-    match portal.accounts.provision(person, sync::SOURCE).await {
+    match portal.accounts.provision(person, source).await {
         Ok(user) => {
             tracing::info!(login = ?user.login, "portal: user created from the directory");
             Ok(Some(user))
@@ -204,7 +238,7 @@ async fn known_or_provisioned(portal: &Portal, person: &Person) -> Result<Option
 }
 
 /// One log line and one audit event per sign-in attempt.
-fn record(portal: &Portal, login: &str, browser: &Browser, result: &'static str) {
+pub(super) fn record(portal: &Portal, login: &str, browser: &Browser, result: &'static str) {
     let client_ip = browser.client.ip();
     portal
         .gateway

@@ -51,6 +51,11 @@ const SQLITE: &[Embedded] = &[
         "directory users",
         include_str!("../../migrations/sqlite/0006_directory_users.sql"),
     ),
+    (
+        7,
+        "oidc logins",
+        include_str!("../../migrations/sqlite/0007_oidc_logins.sql"),
+    ),
 ];
 
 const POSTGRES: &[Embedded] = &[
@@ -83,6 +88,11 @@ const POSTGRES: &[Embedded] = &[
         6,
         "directory users",
         include_str!("../../migrations/postgres/0006_directory_users.sql"),
+    ),
+    (
+        7,
+        "oidc logins",
+        include_str!("../../migrations/postgres/0007_oidc_logins.sql"),
     ),
 ];
 

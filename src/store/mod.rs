@@ -40,7 +40,7 @@ pub use model::{
 
 pub use directory::DirectoryUser;
 pub use mfa::{MfaMethods, PasskeyRecord, TotpRecord};
-pub use portal::{DeviceLink, PortalSession};
+pub use portal::{DeviceLink, OidcLogin, PortalSession};
 
 use model::{scopes_from_column, scopes_to_column};
 

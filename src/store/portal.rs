@@ -16,6 +16,17 @@ pub struct PortalSession {
     pub mfa_at: Option<i64>,
 }
 
+/// An OpenID Connect sign-in under way.
+#[derive(Debug, Clone)]
+pub struct OidcLogin {
+    pub state_hash: String,
+    /// A digest of the CSRF token of the browser that started it.
+    pub browser_hash: String,
+    pub nonce: String,
+    /// The PKCE code verifier.
+    pub verifier: String,
+}
+
 /// A single-use link to a device profile, as the store keeps it.
 #[derive(Debug, Clone)]
 pub struct DeviceLink {
@@ -138,6 +149,60 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(state)
+    }
+
+    /// Keeps an OpenID Connect sign-in under way (its older siblings past 10 minutes go).
+    pub async fn begin_oidc_login(&self, login: &OidcLogin, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM oidc_logins WHERE created_at <= $1")
+            .bind(now - 600)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO oidc_logins (state_hash, browser_hash, nonce, verifier, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&login.state_hash)
+        .bind(&login.browser_hash)
+        .bind(&login.nonce)
+        .bind(&login.verifier)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes the sign-in under way with this state digest: once, within 10 minutes.
+    pub async fn take_oidc_login(
+        &self,
+        state_hash: &str,
+        now: i64,
+    ) -> Result<Option<OidcLogin>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "SELECT browser_hash, nonce, verifier, created_at FROM oidc_logins \
+             WHERE state_hash = $1",
+        )
+        .bind(state_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM oidc_logins WHERE state_hash = $1")
+            .bind(state_hash)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let Some(row) = row else { return Ok(None) };
+        let created_at: i64 = row.try_get("created_at")?;
+        if created_at <= now - 600 {
+            return Ok(None);
+        }
+        Ok(Some(OidcLogin {
+            state_hash: state_hash.to_string(),
+            browser_hash: row.try_get("browser_hash")?,
+            nonce: row.try_get("nonce")?,
+            verifier: row.try_get("verifier")?,
+        }))
     }
 
     /// Keeps a single-use device link: its token's digest and the app password it carries,

@@ -49,6 +49,12 @@ impl IdentityProvider {
     /// Starts the provider, on HTTPS with a certificate from its own test CA (`ca_path`)
     /// when `tls`.
     pub fn start_with(tls: bool) -> IdentityProvider {
+        Self::start_with_config(tls, serde_json::json!({}))
+    }
+
+    /// Starts the provider with more CONFIG keys (`oidc_clients`, `accounts`: the OpenID
+    /// Connect sign-in, `tests/oauth/README.md`).
+    pub fn start_with_config(tls: bool, more: serde_json::Value) -> IdentityProvider {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oauth");
         install_packages(&root);
         let dir = tempfile::tempdir().expect("temp dir");
@@ -129,6 +135,11 @@ impl IdentityProvider {
         });
         if tls {
             config["tls"] = serde_json::json!({ "cert_file": cert, "key_file": key });
+        }
+        if let serde_json::Value::Object(more) = more {
+            for (key, value) in more {
+                config[key] = value;
+            }
         }
         std::fs::write(path("provider.json"), config.to_string()).expect("write config");
         let stderr = std::fs::File::create(path("provider.log")).expect("create log");
