@@ -179,21 +179,36 @@ impl Accounts {
     /// Disables a user (none of their app passwords work, their sessions close) or
     /// enables them again.
     pub async fn set_disabled(&self, login: &str, disabled: bool) -> Result<User, AdminError> {
+        self.set_disabled_as(login, disabled, Actor::Cli).await
+    }
+
+    /// [`Accounts::set_disabled`], for `actor` (the CLI, or SCIM's directory).
+    pub async fn set_disabled_as(
+        &self,
+        login: &str,
+        disabled: bool,
+        actor: Actor<'_>,
+    ) -> Result<User, AdminError> {
         let user = self.store.set_disabled(login, disabled, now()).await?;
         let kind = if disabled {
             "user_disabled"
         } else {
             "user_enabled"
         };
-        self.audit(kind, &user.login, None).await?;
+        self.audit_as(kind, &user.login, None, actor).await?;
         Ok(user)
     }
 
     /// Removes a user with all their app passwords; their sessions close.
     pub async fn remove_user(&self, login: &str) -> Result<(), AdminError> {
+        self.remove_user_as(login, Actor::Cli).await
+    }
+
+    /// [`Accounts::remove_user`], for `actor`.
+    pub async fn remove_user_as(&self, login: &str, actor: Actor<'_>) -> Result<(), AdminError> {
         let login = login.to_lowercase();
         self.store.remove_user(&login, now()).await?;
-        self.audit("user_removed", &login, None).await?;
+        self.audit_as("user_removed", &login, None, actor).await?;
         Ok(())
     }
 

@@ -70,6 +70,9 @@ pub struct Config {
     /// Provisioning from the directory and following it when people leave.
     #[serde(default)]
     pub directory: DirectoryConfig,
+    /// The SCIM 2.0 endpoint an identity provider pushes joiners and leavers to.
+    #[serde(default)]
+    pub scim: Option<ScimConfig>,
     /// Where postern gets OAuth 2.0 tokens for upstreams with `auth = "xoauth2"` or
     /// `"oauthbearer"`, by section name.
     #[serde(default)]
@@ -445,6 +448,15 @@ impl LdapConfig {
                 LdapPreset::ActiveDirectory => "proxyAddresses".to_string(),
             })
     }
+}
+
+/// `[scim]`: SCIM 2.0 provisioning (RFC 7643/7644) under `/scim/v2/` on the portal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScimConfig {
+    /// The bearer token the identity provider presents, on the file's first line (read at
+    /// each request).
+    pub token_file: PathBuf,
 }
 
 /// `[directory]`: what postern does with the people the directory knows.

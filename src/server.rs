@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::changes;
-use crate::config::{Config, DirectoryConfig, ListenerConfig, PortalConfig};
+use crate::config::{Config, DirectoryConfig, ListenerConfig, PortalConfig, ScimConfig};
 use crate::gateway::{Gateway, ServeError};
 use crate::imap::warm;
 use crate::net::listener;
@@ -30,6 +30,8 @@ pub struct Bound {
     pub portal: Option<(PortalConfig, TcpListener)>,
     /// What the portal does with the directory's people (`[directory]`).
     pub directory: DirectoryConfig,
+    /// SCIM provisioning on the portal (`[scim]`).
+    pub scim: Option<ScimConfig>,
 }
 
 /// Binds every configured listener, the HTTP endpoint and the portal.
@@ -71,6 +73,7 @@ pub async fn bind(config: &Config) -> Result<Bound, ServeError> {
         http: Some(http),
         portal,
         directory: config.directory.clone(),
+        scim: config.scim.clone(),
     })
 }
 
@@ -83,6 +86,7 @@ pub async fn run(gateway: Arc<Gateway>, bound: Bound, shutdown: impl Future<Outp
         http,
         portal,
         directory,
+        scim,
     } = bound;
     // Connections (accept loops and sessions) drain within the grace; the services
     // (metrics endpoint, change follower) keep running until the end.
@@ -100,7 +104,7 @@ pub async fn run(gateway: Arc<Gateway>, bound: Bound, shutdown: impl Future<Outp
         ));
     }
     if let Some((config, socket)) = portal {
-        match Portal::new(gateway.clone(), config, &directory).await {
+        match Portal::new(gateway.clone(), config, &directory, scim).await {
             Ok(portal) => {
                 if let Ok(address) = socket.local_addr() {
                     tracing::info!(%address, "portal on https");

@@ -28,6 +28,7 @@ pub mod oidc;
 pub mod pages;
 pub mod passkeys;
 pub mod profile;
+pub mod scim;
 pub mod security;
 pub mod sign_in;
 pub mod token;
@@ -63,6 +64,8 @@ pub struct Portal {
     pub provision: bool,
     /// The OpenID provider's HTTP client, with `sign_in = "oidc"`.
     pub oidc_http: Option<reqwest::Client>,
+    /// SCIM provisioning, when `[scim]` is configured.
+    pub scim: Option<crate::config::ScimConfig>,
 }
 
 /// Why the portal cannot start.
@@ -84,6 +87,7 @@ impl Portal {
         gateway: Arc<Gateway>,
         config: PortalConfig,
         directory: &crate::config::DirectoryConfig,
+        scim: Option<crate::config::ScimConfig>,
     ) -> Result<Arc<Self>, PortalError> {
         let webauthn = passkeys::relying_party(&config).map_err(PortalError::Config)?;
         let ldap = config
@@ -112,6 +116,7 @@ impl Portal {
             directory: ldap,
             provision: directory.provision,
             oidc_http,
+            scim,
         }))
     }
 
@@ -146,6 +151,14 @@ impl Portal {
             .route("/sign-out", post(sign_in::sign_out))
             .route("/oidc/start", get(oidc::start))
             .route("/oidc/callback", get(oidc::callback))
+            .route("/scim/v2/Users", get(scim::list).post(scim::create))
+            .route(
+                "/scim/v2/Users/{id}",
+                get(scim::get)
+                    .patch(scim::patch)
+                    .put(scim::put)
+                    .delete(scim::delete),
+            )
             .route("/mfa", get(mfa::page))
             .route("/mfa/verify", post(mfa::verify))
             .route(

@@ -48,6 +48,21 @@ impl Store {
         })
     }
 
+    /// The user with this store id, with addresses.
+    pub async fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let login: Option<String> = sqlx::query("SELECT login FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|row| row.try_get("login"))
+            .transpose()?;
+        match login {
+            Some(login) => Ok(find_user(&mut conn, &login).await?),
+            None => Ok(None),
+        }
+    }
+
     /// The user with this login (any case), with addresses.
     pub async fn user(&self, login: &str) -> Result<Option<User>, StoreError> {
         let mut conn = self.pool.acquire().await?;

@@ -345,6 +345,7 @@ proxy_sources = {proxy_sources}
             http: Some(http_socket),
             portal,
             directory: config.directory.clone(),
+            scim: config.scim.clone(),
         };
         let task = tokio::spawn(server::run(gateway.clone(), bound, async {
             let _ = stopped.await;
