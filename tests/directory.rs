@@ -165,6 +165,21 @@ async fn openldap_people_sign_in_and_get_a_user() {
     postern.stop().await;
 }
 
+/// In a real browser: alice signs in with her uid and directory password and lands on
+/// her app passwords.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_signs_in_with_the_directory_in_a_browser() {
+    let slapd = Slapd::start();
+    let dovecot = Dovecot::start();
+    let postern = postern(&dovecot, &slapd, "openldap", "0s").await;
+    let base = format!("https://localhost:{}", postern.portal.unwrap().port());
+    let result =
+        support::browser::run(&base, "alice", slapd.password("alice"), &["directory"]).await;
+    assert_eq!(result["landed"], "/app-passwords", "{result}");
+    assert_eq!(result["title"], "App passwords");
+    postern.stop().await;
+}
+
 /// Active Directory: bob signs in by his account name; his user is his UPN, with the
 /// SMTP addresses of proxyAddresses (not X500 or SIP); disabled dan is refused.
 #[tokio::test(flavor = "multi_thread")]

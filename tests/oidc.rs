@@ -98,6 +98,16 @@ fn location(answer: &str) -> String {
         .unwrap_or_else(|| panic!("no Location in {answer}"))
 }
 
+/// Where a signed-in page goes on to (its refresh and its Continue link).
+fn next(page: &str) -> String {
+    assert!(page.contains("__Host-postern="), "a session: {page}");
+    page.split("content=\"0;url=")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no refresh in {page}"))
+        .to_string()
+}
+
 /// The portal's base URL.
 fn portal(postern: &Postern) -> String {
     format!("https://localhost:{}", postern.portal.unwrap().port())
@@ -160,8 +170,8 @@ async fn people_sign_in_through_the_provider() {
     // alice: password only at the provider, so postern's own MFA is asked.
     let back = to_provider_and_back(&postern, &idp, &browser, "alice", "alice-idp-password");
     let (status, answer) = browser.fetch(&back, &[], &postern.ca_path);
-    assert_eq!(status, 303, "{answer}");
-    assert_eq!(location(&answer), "/mfa");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(next(&answer), "/mfa");
     let alice = postern
         .store
         .user("alice@example.test")
@@ -175,8 +185,8 @@ async fn people_sign_in_through_the_provider() {
     let browser = Browser::new();
     let back = to_provider_and_back(&postern, &idp, &browser, "bob", "bob-idp-password");
     let (status, answer) = browser.fetch(&back, &[], &postern.ca_path);
-    assert_eq!(status, 303, "{answer}");
-    assert_eq!(location(&answer), "/app-passwords");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(next(&answer), "/app-passwords");
     let (status, page) = browser.fetch(
         &format!("{}/app-passwords", portal(&postern)),
         &[],
@@ -197,6 +207,54 @@ async fn people_sign_in_through_the_provider() {
         page.contains("The email address or password is not right."),
         "{page}"
     );
+    postern.stop().await;
+}
+
+/// In a real browser: the sign-in page's button leads to the provider's own login page;
+/// bob signs in there (with the provider's MFA) and lands on his app passwords.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_signs_in_through_the_provider_in_a_browser() {
+    // The browser follows the redirect back, so the portal listens where public_url says.
+    let port = support::free_port();
+    let base = format!("https://localhost:{port}");
+    remember_secrets(["bob-idp-password".into(), "postern-oidc-secret".into()]);
+    let idp = IdentityProvider::start_with_config(
+        false,
+        serde_json::json!({
+            "oidc_clients": [{ "client_id": "postern", "client_secret": "postern-oidc-secret",
+                               "redirect_uris": [format!("{base}/oidc/callback")] }],
+            "accounts": [{ "id": "bob", "email": "bob@example.test", "name": "Bob",
+                           "password": "bob-idp-password", "amr": ["pwd", "mfa"] }],
+        }),
+    );
+    let dovecot = Dovecot::start();
+    let secret = idp.dir.path().join("oidc-secret");
+    std::fs::write(&secret, "postern-oidc-secret\n").unwrap();
+    let postern = Postern::start_with(
+        &dovecot,
+        Options {
+            extra_config: format!(
+                "[portal]\nbind = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\nsign_in = \"oidc\"\n\
+                 [portal.notifications]\nenabled = false\n\
+                 [portal.oidc]\nissuer = \"{}\"\nclient_id = \"postern\"\n\
+                 client_secret_file = \"{}\"\n",
+                idp.issuer,
+                secret.display()
+            ),
+            ..Options::default()
+        },
+    )
+    .await;
+    let result = support::browser::run(&base, "bob", "bob-idp-password", &["oidc"]).await;
+    assert!(
+        result["provider_page"]
+            .as_str()
+            .unwrap()
+            .starts_with(&idp.issuer),
+        "{result}"
+    );
+    assert_eq!(result["landed"], "/app-passwords", "{result}");
+    assert_eq!(result["title"], "App passwords");
     postern.stop().await;
 }
 

@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use base64::Engine;
@@ -61,30 +61,15 @@ fn curl(postern: &Postern, args: &[&str], path: &str) -> (u16, String) {
     (status, text)
 }
 
-fn screenshots() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("portal-screenshots")
-}
-
-/// Runs `tests/portal/browser.py` as alice, with `more` arguments.
-async fn browser(postern: &Postern, more: &[&str]) -> std::process::Output {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/portal/browser.py");
-    // Debian's python3, which has python3-selenium (a pyenv one may come first on PATH).
-    let output = tokio::process::Command::new("/usr/bin/python3")
-        .arg(script)
-        .arg(base_url(postern))
-        .arg("alice@example.test")
-        .arg(PRIMARY_PASSWORD)
-        .arg(screenshots())
-        .args(more)
-        .output()
-        .await
-        .expect("run python3");
-    assert!(
-        output.status.success(),
-        "browser.py {more:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+/// Runs `tests/portal/browser.py` as alice, with `more` arguments: what it printed.
+async fn browser(postern: &Postern, more: &[&str]) -> serde_json::Value {
+    support::browser::run(
+        &base_url(postern),
+        "alice@example.test",
+        PRIMARY_PASSWORD,
+        more,
+    )
+    .await
 }
 
 /// The whole flow in chromium; the app password it created logs in over IMAP and SMTP,
@@ -92,9 +77,7 @@ async fn browser(postern: &Postern, more: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_person_signs_in_sets_up_totp_and_gets_an_app_password_in_a_browser() {
     let (_dovecot, postern) = setup().await;
-    let output = browser(&postern, &[]).await;
-    let result: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("browser.py prints JSON");
+    let result = browser(&postern, &[]).await;
     let field = |name: &str| result[name].as_str().unwrap_or_default().to_string();
 
     assert_eq!(
@@ -145,7 +128,6 @@ async fn a_person_signs_in_sets_up_totp_and_gets_an_app_password_in_a_browser() 
     assert_eq!(client.read_line().await, "+ idling");
     let recovery = result["recovery_codes"][1].as_str().unwrap().to_string();
     let revoked = browser(&postern, &["revoke", &recovery]).await;
-    let revoked: serde_json::Value = serde_json::from_slice(&revoked.stdout).unwrap();
     assert!(
         revoked["listed_after"]
             .as_str()
@@ -213,9 +195,7 @@ async fn a_person_signs_in_sets_up_totp_and_gets_an_app_password_in_a_browser() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_person_sets_up_passkeys_and_signs_in_with_one() {
     let (dovecot, postern) = setup().await;
-    let output = browser(&postern, &["passkeys"]).await;
-    let result: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("browser.py prints JSON");
+    let result = browser(&postern, &["passkeys"]).await;
     let field = |name: &str| result[name].as_str().unwrap_or_default().to_string();
     for code in result["recovery_codes"].as_array().unwrap() {
         remember_secrets([code.as_str().unwrap().to_string()]);

@@ -24,6 +24,9 @@ pub const SESSION_COOKIE: &str = "__Host-postern";
 const ANONYMOUS_CSRF_COOKIE: &str = "__Host-postern-csrf";
 /// The language chosen with the switch.
 const LANG_COOKIE: &str = "postern_lang";
+/// Binds an OpenID sign-in to the browser that started it. `SameSite=Lax`: the provider
+/// sends the browser back with a cross-site navigation, which carries no Strict cookie.
+const OIDC_COOKIE: &str = "__Host-postern-oidc";
 
 /// A request's browser.
 pub struct Browser {
@@ -142,6 +145,27 @@ impl Browser {
         let token = random_token();
         self.jar = std::mem::take(&mut self.jar).add(cookie(SESSION_COOKIE, token.clone(), true));
         (token_hash(&token), random_token())
+    }
+
+    /// Starts an OpenID sign-in in this browser: a fresh binding cookie; returns the
+    /// digest the store keeps.
+    pub fn begin_oidc(&mut self) -> String {
+        let token = random_token();
+        let cookie = Cookie::build((OIDC_COOKIE, token.clone()))
+            .path("/")
+            .secure(true)
+            .http_only(true)
+            .same_site(SameSite::Lax)
+            .build();
+        self.jar = std::mem::take(&mut self.jar).add(cookie);
+        token_hash(&token)
+    }
+
+    /// The digest of this browser's OpenID binding cookie, which goes now (it serves once).
+    pub fn take_oidc(&mut self) -> Option<String> {
+        let value = self.jar.get(OIDC_COOKIE)?.value().to_string();
+        self.jar = std::mem::take(&mut self.jar).remove(Cookie::build(OIDC_COOKIE).path("/"));
+        Some(token_hash(&value))
     }
 
     /// Signs this browser out: the session cookie goes.

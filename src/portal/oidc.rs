@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use openidconnect::core::{
     CoreAuthenticationFlow, CoreClient, CoreIdTokenClaims, CoreProviderMetadata,
@@ -22,7 +23,7 @@ use openidconnect::{
 
 use super::app_passwords::sign_in_page;
 use super::browser::Browser;
-use super::pages;
+use super::pages::{self, ContinuePage};
 use super::token::token_hash;
 use super::Portal;
 use crate::auth::Secret;
@@ -55,9 +56,10 @@ enum Failure {
 }
 
 /// `GET /oidc/start`: to the provider.
-pub async fn start(State(portal): State<Arc<Portal>>, browser: Browser) -> Response {
+pub async fn start(State(portal): State<Arc<Portal>>, mut browser: Browser) -> Response {
     let t = browser.t;
-    match redirect(&portal, &browser).await {
+    let binding = browser.begin_oidc();
+    match redirect(&portal, binding).await {
         Ok(url) => (browser.jar, Redirect::to(&url)).into_response(),
         Err(why) => {
             tracing::warn!(reason = %why, "portal: the OpenID provider cannot be reached");
@@ -67,7 +69,7 @@ pub async fn start(State(portal): State<Arc<Portal>>, browser: Browser) -> Respo
     }
 }
 
-async fn redirect(portal: &Portal, browser: &Browser) -> Result<String, String> {
+async fn redirect(portal: &Portal, binding: String) -> Result<String, String> {
     let (config, http) = provider(portal)?;
     let client = client(portal, config, http).await?;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -83,7 +85,7 @@ async fn redirect(portal: &Portal, browser: &Browser) -> Result<String, String> 
         .url();
     let login = OidcLogin {
         state_hash: token_hash(state.secret()),
-        browser_hash: token_hash(&browser.csrf),
+        browser_hash: binding,
         nonce: nonce.secret().clone(),
         verifier: verifier.secret().clone(),
     };
@@ -110,7 +112,8 @@ pub async fn callback(
     Query(query): Query<Callback>,
 ) -> Response {
     let t = browser.t;
-    let person = match finish(&portal, &browser, query).await {
+    let binding = browser.take_oidc();
+    let person = match finish(&portal, binding, query).await {
         Ok(person) => person,
         Err(Failure::Unavailable(why)) => {
             tracing::warn!(reason = %why, "portal: the OpenID provider cannot be reached");
@@ -138,7 +141,20 @@ pub async fn callback(
     match super::sign_in::begin_session(&portal, &mut browser, &user, mfa).await {
         Ok(next) => {
             super::sign_in::record(&portal, &user.login, &browser, "ok");
-            (browser.jar, Redirect::to(next)).into_response()
+            // Not a redirect: this answer ends a navigation that began at the provider, so
+            // a redirect would still be cross-site and carry no SameSite=Strict session
+            // cookie. The page's own refresh is a navigation from postern.
+            let page = pages::render(
+                StatusCode::OK,
+                &ContinuePage {
+                    t,
+                    csrf: "",
+                    signed_in: false,
+                    nav: false,
+                    next,
+                },
+            );
+            (browser.jar, page).into_response()
         }
         Err(()) => (browser.jar, pages::failure(t)).into_response(),
     }
@@ -147,7 +163,7 @@ pub async fn callback(
 /// The person the provider vouches for, and whether it did the MFA.
 async fn finish(
     portal: &Portal,
-    browser: &Browser,
+    binding: Option<String>,
     query: Callback,
 ) -> Result<(Person, bool), Failure> {
     if let Some(error) = query.error {
@@ -168,7 +184,7 @@ async fn finish(
         .await
         .map_err(|error| Failure::Unavailable(format!("the store: {error}")))?
         .ok_or_else(|| Failure::Refused("an unknown or spent state".into()))?;
-    if login.browser_hash != token_hash(&browser.csrf) {
+    if binding.as_deref() != Some(login.browser_hash.as_str()) {
         return Err(Failure::Refused("another browser's sign-in".into()));
     }
     let (config, http) = provider(portal).map_err(Failure::Unavailable)?;

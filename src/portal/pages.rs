@@ -136,6 +136,17 @@ pub struct AppPasswordsPage<'a> {
     pub smtp: &'a str,
 }
 
+/// A page that goes on to `next` at once (a same-site navigation, after a cross-site one).
+#[derive(Template)]
+#[template(path = "continue.html")]
+pub struct ContinuePage<'a> {
+    pub t: &'static Messages,
+    pub csrf: &'a str,
+    pub signed_in: bool,
+    pub nav: bool,
+    pub next: &'a str,
+}
+
 /// A page that only says something went wrong.
 #[derive(Template)]
 #[template(path = "message.html")]

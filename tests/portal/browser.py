@@ -5,6 +5,8 @@ Usage:
     browser.py BASE_URL LOGIN PASSWORD SCREENSHOT_DIR
     browser.py BASE_URL LOGIN PASSWORD SCREENSHOT_DIR revoke RECOVERY_CODE
     browser.py BASE_URL LOGIN PASSWORD SCREENSHOT_DIR passkeys
+    browser.py BASE_URL LOGIN PASSWORD SCREENSHOT_DIR directory
+    browser.py BASE_URL LOGIN PASSWORD SCREENSHOT_DIR oidc
 
 Signs in with the primary password, sets up TOTP from the key shown in #totp-secret
 (the code computed here, RFC 6238), keeps the recovery codes, creates an app password,
@@ -218,6 +220,44 @@ def passkeys(base, login, password, shots):
     print(json.dumps(result))
 
 
+def directory(base, login, password, shots, oidc):
+    """Signs in with a directory password (the portal's form), or through the OpenID
+    provider's own login page (oidc); says where it landed."""
+    result = {}
+    driver = browser("en-US")
+    try:
+        driver.get(base + "/")
+        if oidc:
+            driver.save_screenshot(os.path.join(shots, "30-sign-in-oidc.png"))
+            go(driver, "sign-in-oidc")
+            result["provider_page"] = driver.current_url
+            driver.save_screenshot(os.path.join(shots, "31-provider-login.png"))
+            driver.find_element(By.NAME, "login").send_keys(login)
+            driver.find_element(By.NAME, "password").send_keys(password)
+            old = driver.find_element(By.TAG_NAME, "html")
+            driver.find_element(By.CSS_SELECTOR, "form button, form [type=submit]").click()
+            WebDriverWait(driver, 15).until(lambda d: gone(old))
+            WebDriverWait(driver, 15).until(lambda d: d.current_url.startswith(base))
+            WebDriverWait(driver, 15).until(
+                lambda d: d.execute_script("return document.readyState") == "complete")
+        else:
+            driver.find_element(By.ID, "login").send_keys(login)
+            driver.find_element(By.ID, "password").send_keys(password)
+            go(driver, "sign-in")
+        result["landed"] = driver.current_url[len(base):]
+        result["title"] = driver.find_element(By.TAG_NAME, "h1").text
+        driver.save_screenshot(os.path.join(
+            shots, "32-after-oidc.png" if oidc else "33-after-ldap.png"))
+    except Exception:
+        print(driver.current_url, file=sys.stderr)
+        print(driver.find_element(By.TAG_NAME, "body").text, file=sys.stderr)
+        driver.save_screenshot(os.path.join(shots, "failure.png"))
+        raise
+    finally:
+        driver.quit()
+    print(json.dumps(result))
+
+
 def main():
     base, login, password, shots = sys.argv[1:5]
     os.makedirs(shots, exist_ok=True)
@@ -225,6 +265,8 @@ def main():
         return revoke(base, login, password, shots, sys.argv[6])
     if sys.argv[5:6] == ["passkeys"]:
         return passkeys(base, login, password, shots)
+    if sys.argv[5:6] in (["directory"], ["oidc"]):
+        return directory(base, login, password, shots, sys.argv[5] == "oidc")
     result = {}
     driver = browser("en-US")
 

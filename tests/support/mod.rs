@@ -9,6 +9,7 @@
 //! - normal user: everything runs as the current user.
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod certs;
 pub mod client_run;
 pub mod dovecot;
