@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 /// Where the screenshots go.
 pub fn screenshots() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("portal-screenshots")
+    // Set for tests; the demo example includes this module too.
+    let tmp = option_env!("CARGO_TARGET_TMPDIR")
+        .unwrap_or(concat!(env!("CARGO_MANIFEST_DIR"), "/target/tmp"));
+    Path::new(tmp).join("portal-screenshots")
 }
 
 /// Runs `browser.py BASE LOGIN PASSWORD SCREENSHOTS MORE…`; panics with its stderr when
