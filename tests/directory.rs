@@ -15,9 +15,13 @@ use support::ldap::{Slapd, BASE_DN};
 use support::postern::{remember_secrets, Options, Postern};
 use support::Dovecot;
 
-/// postern with the portal signing in through `slapd` (preset `preset`), no second factor
-/// (postern's own MFA is the portal tests' business), syncing every `sync`.
+/// postern with the portal signing in through `slapd` (preset `preset`, over LDAPS), no
+/// second factor (postern's own MFA is the portal tests' business), syncing every `sync`.
 async fn postern(dovecot: &Dovecot, slapd: &Slapd, preset: &str, sync: &str) -> Postern {
+    postern_with(dovecot, slapd, &slapd.portal_config(preset), sync).await
+}
+
+async fn postern_with(dovecot: &Dovecot, slapd: &Slapd, ldap: &str, sync: &str) -> Postern {
     for who in support::ldap::PEOPLE {
         remember_secrets([slapd.password(who).to_string()]);
     }
@@ -28,7 +32,7 @@ async fn postern(dovecot: &Dovecot, slapd: &Slapd, preset: &str, sync: &str) -> 
                 "[portal]\nbind = \"127.0.0.1:0\"\nsign_in = \"ldap\"\nrequire_mfa = false\n\
                  [portal.notifications]\nenabled = false\n{}\
                  [directory]\nsync_interval = \"{sync}\"\n",
-                slapd.portal_config(preset)
+                ldap
             ),
             ..Options::default()
         },
@@ -180,13 +184,15 @@ async fn a_person_signs_in_with_the_directory_in_a_browser() {
     postern.stop().await;
 }
 
-/// Active Directory: bob signs in by his account name; his user is his UPN, with the
-/// SMTP addresses of proxyAddresses (not X500 or SIP); disabled dan is refused.
+/// Active Directory (here over StartTLS): bob signs in by his account name; his user is
+/// his UPN, with the SMTP addresses of proxyAddresses (not X500 or SIP); disabled dan is
+/// refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn active_directory_people_sign_in_by_account_name() {
     let slapd = Slapd::start();
     let dovecot = Dovecot::start();
-    let postern = postern(&dovecot, &slapd, "active-directory", "0s").await;
+    let ldap = slapd.portal_config_starttls("active-directory");
+    let postern = postern_with(&dovecot, &slapd, &ldap, "0s").await;
     let (status, page) = sign_in(&postern, "bob", slapd.password("bob"));
     assert_eq!(status, 303, "{page}\n{}", slapd.log());
     let bob = postern
@@ -206,6 +212,11 @@ async fn active_directory_people_sign_in_by_account_name() {
     );
     let (status, page) = sign_in(&postern, "dan@example.test", slapd.password("dan"));
     assert_eq!((status, error(&page).as_str()), (200, REFUSED));
+    assert!(
+        slapd.log().contains("STARTTLS"),
+        "the connection was upgraded:\n{}",
+        slapd.log()
+    );
     postern.stop().await;
 }
 

@@ -200,6 +200,14 @@ async fn people_sign_in_through_the_provider() {
         .unwrap()
         .is_some());
 
+    // The provider rotates its signing key: the next sign-in is verified with the new one.
+    idp.hook("POST", "/__test/rotate-keys?keep_old=0");
+    let rotated = Browser::new();
+    let back = to_provider_and_back(&postern, &idp, &rotated, "bob", "bob-idp-password");
+    let (status, answer) = rotated.fetch(&back, &[], &postern.ca_path);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(next(&answer), "/app-passwords");
+
     // The same callback once more: the state is spent.
     let (status, page) = browser.fetch(&back, &[], &postern.ca_path);
     assert_eq!(status, 200);

@@ -177,6 +177,13 @@ impl Slapd {
         )
     }
 
+    /// The `[portal.ldap]` lines for `preset`, over plain LDAP upgraded with StartTLS.
+    pub fn portal_config_starttls(&self, preset: &str) -> String {
+        self.portal_config(preset)
+            .replace(&self.ldaps_url(), &self.ldap_url())
+            .replace("timeout = ", "starttls = true\ntimeout = ")
+    }
+
     /// Applies an LDIF change as the admin (`ldapmodify`).
     pub fn modify(&self, ldif: &str) {
         self.admin_tool("ldapmodify", &[], None, Some(ldif));
