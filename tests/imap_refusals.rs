@@ -356,3 +356,37 @@ async fn a_revocation_through_one_instance_reaches_the_other() {
     first.stop().await;
     second.stop().await;
 }
+
+/// With PostgreSQL a revocation is pushed (LISTEN/NOTIFY): two instances that poll the
+/// change feed only every 30 s close the revoked sessions at once. The time it takes is
+/// printed (`-- --nocapture`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_is_pushed_to_every_instance() {
+    let postgres = support::Postgres::start();
+    let url = postgres.create_database("pushed");
+    let dovecot = Dovecot::start();
+    dovecot.add_user("alice", "alice-direct-password");
+    let options = || Options {
+        store_url: Some(url.clone()),
+        change_poll_interval: "30s",
+        ..Options::default()
+    };
+    let first = Postern::start_with(&dovecot, options()).await;
+    let second = Postern::start_with(&dovecot, options()).await;
+    first.add_user("alice@example.test", "alice").await;
+    let (id, password) = first
+        .issue("alice@example.test", &[Scope::Imap], None)
+        .await;
+    let mut on_first = idling_session(&first, &password).await;
+    let mut on_second = idling_session(&second, &password).await;
+    let since = std::time::Instant::now();
+    cli_ok(&first, &["app-password", "revoke", &id.to_string()]);
+    assert!(on_first.closed_within(Duration::from_secs(10)).await);
+    assert!(on_second.closed_within(Duration::from_secs(10)).await);
+    eprintln!(
+        "both sessions closed {:?} after the CLI's revocation began (poll interval 30 s)",
+        since.elapsed()
+    );
+    first.stop().await;
+    second.stop().await;
+}

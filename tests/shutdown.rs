@@ -1,5 +1,6 @@
-//! Shutting down gracefully: no new connections, every session says goodbye at its next
-//! command boundary, and a message already being sent is finished first.
+//! Shutting down gracefully: `/readyz` says `draining`, no new connections, every session
+//! says goodbye at its next command boundary, and a message already being sent is
+//! finished first.
 
 mod support;
 
@@ -63,9 +64,17 @@ async fn sessions_say_goodbye_at_a_command_boundary() {
         .await;
 
     let imaps = postern.imaps;
+    let http = postern.http;
+    let ready = support::postern::http_get(http, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     let gateway = postern.gateway.clone();
     let stopping = tokio::spawn(postern.stop());
     gateway.drain.cancelled().await;
+
+    // A load balancer asking now is told to send new clients elsewhere.
+    let ready = support::postern::http_get(http, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(ready.contains("draining"), "{ready}");
 
     assert_eq!(
         idler.read_line().await,

@@ -1,5 +1,7 @@
 //! Follows the store's change feed so that a revocation made anywhere (the CLI, another
-//! instance) drops cached verifications and closes the affected live sessions here.
+//! instance, SCIM) drops cached verifications and closes the affected live sessions here.
+//! With PostgreSQL each change is also pushed (LISTEN/NOTIFY): the feed is read at once
+//! instead of at the next poll, which stays the fallback.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,11 +9,11 @@ use std::time::Duration;
 use super::verifier::Verifier;
 use crate::ops::metrics::Metrics;
 use crate::session::live::LiveSessions;
-use crate::store::{self, Change, Store, StoreError};
+use crate::store::{self, Backend, Change, ChangeSignal, Store, StoreError};
 
-/// Polls the change feed every `interval` until `shutdown` completes. A store outage is
-/// logged once, and its end once; polling goes on through it and picks up where it left
-/// off, so no change is missed.
+/// Reads the change feed every `interval`, and at once when the store pushes a change,
+/// until `shutdown` completes. A store outage is logged once, and its end once; polling
+/// goes on through it and picks up where it left off, so no change is missed.
 pub async fn follow(
     store: Store,
     verifier: Verifier,
@@ -32,10 +34,22 @@ pub async fn follow(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Since when polls have failed, while they do.
     let mut failing: Option<tokio::time::Instant> = None;
+    // PostgreSQL's push; while it is lost, each tick tries to listen again.
+    let mut signal = listen(&store).await;
     loop {
         tokio::select! {
             () = &mut shutdown => return,
-            _ = ticker.tick() => {}
+            _ = ticker.tick() => {
+                if signal.is_none() && store.backend() == Backend::Postgres {
+                    signal = listen(&store).await;
+                }
+            }
+            woken = pushed(&mut signal) => {
+                if let Err(error) = woken {
+                    tracing::warn!(%error, "lost the change notifications; polling until they are back");
+                    signal = None;
+                }
+            }
         }
         let changes = match feed.poll(&store).await {
             Ok(changes) => changes,
@@ -111,5 +125,24 @@ impl Feed {
                 return Ok(fresh);
             }
         }
+    }
+}
+
+/// The store's change notifications, when it has them (PostgreSQL).
+async fn listen(store: &Store) -> Option<ChangeSignal> {
+    match store.listen_for_changes().await {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::debug!(%error, "cannot listen for change notifications yet");
+            None
+        }
+    }
+}
+
+/// The next notification; never, without a listener.
+async fn pushed(signal: &mut Option<ChangeSignal>) -> Result<(), StoreError> {
+    match signal {
+        Some(signal) => signal.next().await,
+        None => std::future::pending().await,
     }
 }

@@ -40,10 +40,16 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Ready when the store answers and every configured upstream accepts a TCP connection
-/// (the listeners are bound before this endpoint starts). One line per check.
+/// (the listeners are bound before this endpoint starts), and the instance is not shutting
+/// down: from SIGTERM on it says `draining`, so a load balancer sends new clients elsewhere
+/// while the sessions here end. One line per check.
 async fn ready(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     let mut report = String::new();
     let mut ready = true;
+    if gateway.drain.is_cancelled() {
+        ready = false;
+        report.push_str("draining\n");
+    }
     match tokio::time::timeout(READY_CHECK_TIMEOUT, gateway.store.ping()).await {
         Ok(Ok(())) => report.push_str("store ok\n"),
         _ => {

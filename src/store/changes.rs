@@ -72,3 +72,34 @@ impl Store {
         Ok(())
     }
 }
+
+/// Wakes the change follower the moment any writer records a change: PostgreSQL's
+/// LISTEN/NOTIFY on `postern_changes`, which a trigger on the changes table sends (so the
+/// CLI, SCIM and every instance reach all the others in milliseconds). Polling stays the
+/// fallback that misses nothing after a lost connection.
+pub struct ChangeSignal(sqlx::postgres::PgListener);
+
+/// The channel the changes trigger notifies.
+const CHANNEL: &str = "postern_changes";
+
+impl Store {
+    /// A listener for change notifications; `None` with SQLite (one instance: polling
+    /// the local file is all there is).
+    pub async fn listen_for_changes(&self) -> Result<Option<ChangeSignal>, StoreError> {
+        let Some(url) = &self.listen_url else {
+            return Ok(None);
+        };
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(Some(ChangeSignal(listener)))
+    }
+}
+
+impl ChangeSignal {
+    /// Waits for the next notification. An error means the connection was lost (sqlx
+    /// reconnects on the next call); the caller polls either way.
+    pub async fn next(&mut self) -> Result<(), StoreError> {
+        self.0.recv().await?;
+        Ok(())
+    }
+}

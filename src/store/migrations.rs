@@ -56,6 +56,11 @@ const SQLITE: &[Embedded] = &[
         "oidc logins",
         include_str!("../../migrations/sqlite/0007_oidc_logins.sql"),
     ),
+    (
+        8,
+        "change notifications",
+        include_str!("../../migrations/sqlite/0008_change_notifications.sql"),
+    ),
 ];
 
 const POSTGRES: &[Embedded] = &[
@@ -93,6 +98,11 @@ const POSTGRES: &[Embedded] = &[
         7,
         "oidc logins",
         include_str!("../../migrations/postgres/0007_oidc_logins.sql"),
+    ),
+    (
+        8,
+        "change notifications",
+        include_str!("../../migrations/postgres/0008_change_notifications.sql"),
     ),
 ];
 

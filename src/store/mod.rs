@@ -38,6 +38,7 @@ pub use model::{
     UnknownScope, User,
 };
 
+pub use changes::ChangeSignal;
 pub use directory::DirectoryUser;
 pub use mfa::{MfaMethods, PasskeyRecord, TotpRecord};
 pub use portal::{DeviceLink, OidcLogin, PortalSession};
@@ -200,6 +201,8 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// PostgreSQL's URL, for the connection that listens for changes.
+    listen_url: Option<std::sync::Arc<str>>,
 }
 
 impl Store {
@@ -244,7 +247,12 @@ impl Store {
                     .await?;
             }
         }
-        Ok(Store { pool, backend })
+        let listen_url = (backend == Backend::Postgres).then(|| url.into());
+        Ok(Store {
+            pool,
+            backend,
+            listen_url,
+        })
     }
 
     /// Which database this is.

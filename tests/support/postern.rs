@@ -416,20 +416,7 @@ proxy_sources = {proxy_sources}
 
     /// GETs `path` from the HTTP endpoint; returns the whole response.
     pub async fn http_get(&self, path: &str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(self.http)
-            .await
-            .expect("connect http");
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        tcp.write_all(request.as_bytes())
-            .await
-            .expect("send request");
-        let mut response = String::new();
-        tcp.read_to_string(&mut response)
-            .await
-            .expect("read response");
-        response
+        http_get(self.http, path).await
     }
 
     /// The Prometheus text exposition, as /metrics serves it.
@@ -468,4 +455,21 @@ pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// GETs `path` from an HTTP endpoint at `address`; returns the whole response.
+pub async fn http_get(address: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect http");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut response = String::new();
+    tcp.read_to_string(&mut response)
+        .await
+        .expect("read response");
+    response
 }
