@@ -152,7 +152,23 @@ pub async fn register_start(
                 return Ok(None);
             }
         };
-        let ceremony = serde_json::to_string(&Ceremony::Register { state, first })
+        Ok::<_, StoreError>(Some((options, Ceremony::Register { state, first })))
+    };
+    begin(&portal, token_hash, result.await).await
+}
+
+/// What both `…/start`s end with: the ceremony kept in the session, and its options
+/// answered to the browser (403 when it may not start one).
+async fn begin<O: Serialize>(
+    portal: &Portal,
+    token_hash: &str,
+    started: Result<Option<(O, Ceremony)>, StoreError>,
+) -> Response {
+    let kept = async {
+        let Some((options, ceremony)) = started? else {
+            return Ok(None);
+        };
+        let ceremony = serde_json::to_string(&ceremony)
             .map_err(|error| StoreError::Corrupt(error.to_string()))?;
         portal
             .gateway
@@ -161,7 +177,7 @@ pub async fn register_start(
             .await?;
         Ok::<_, StoreError>(Some(options))
     };
-    match result.await {
+    match kept.await {
         Ok(Some(options)) => Json(options).into_response(),
         Ok(None) => refuse(StatusCode::FORBIDDEN),
         Err(error) => {
@@ -280,23 +296,9 @@ pub async fn sign_in_start(
                 return Ok(None);
             }
         };
-        let ceremony = serde_json::to_string(&Ceremony::SignIn(state))
-            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
-        portal
-            .gateway
-            .store
-            .set_ceremony(token_hash, &ceremony)
-            .await?;
-        Ok::<_, StoreError>(Some(options))
+        Ok::<_, StoreError>(Some((options, Ceremony::SignIn(state))))
     };
-    match result.await {
-        Ok(Some(options)) => Json(options).into_response(),
-        Ok(None) => refuse(StatusCode::FORBIDDEN),
-        Err(error) => {
-            tracing::warn!(%error, "portal: store");
-            refuse(StatusCode::INTERNAL_SERVER_ERROR)
-        }
-    }
+    begin(&portal, token_hash, result.await).await
 }
 
 /// `POST /mfa/passkeys/sign-in/finish` (`csrf`, `credential`): the second factor passed
