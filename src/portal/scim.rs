@@ -233,16 +233,32 @@ async fn named(portal: &Portal, id: &str) -> Result<User, Response> {
     }
 }
 
+/// The user a request about `{id}` names, its token checked; or the answer to give.
+async fn addressed(portal: &Portal, headers: &HeaderMap, id: &str) -> Result<User, Response> {
+    authorized(portal, headers)?;
+    named(portal, id).await
+}
+
+/// [`addressed`], and the request's JSON body.
+async fn addressed_with(
+    portal: &Portal,
+    headers: &HeaderMap,
+    id: &str,
+    body: &[u8],
+) -> Result<(User, Value), Response> {
+    let user = addressed(portal, headers, id).await?;
+    let body = serde_json::from_slice::<Value>(body)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "the body is not JSON"))?;
+    Ok((user, body))
+}
+
 /// `GET /scim/v2/Users/{id}`.
 pub async fn get(
     State(portal): State<Arc<Portal>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(refused) = authorized(&portal, &headers) {
-        return refused;
-    }
-    match named(&portal, &id).await {
+    match addressed(&portal, &headers, &id).await {
         Ok(user) => answer(StatusCode::OK, resource(&user)),
         Err(answer) => answer,
     }
@@ -257,15 +273,9 @@ pub async fn patch(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = authorized(&portal, &headers) {
-        return refused;
-    }
-    let user = match named(&portal, &id).await {
-        Ok(user) => user,
+    let (user, body) = match addressed_with(&portal, &headers, &id, &body).await {
+        Ok(found) => found,
         Err(answer) => return answer,
-    };
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "the body is not JSON");
     };
     let mut active = None;
     for operation in body["Operations"].as_array().into_iter().flatten() {
@@ -295,15 +305,9 @@ pub async fn put(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = authorized(&portal, &headers) {
-        return refused;
-    }
-    let user = match named(&portal, &id).await {
-        Ok(user) => user,
+    let (user, body) = match addressed_with(&portal, &headers, &id, &body).await {
+        Ok(found) => found,
         Err(answer) => return answer,
-    };
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "the body is not JSON");
     };
     set_active(&portal, user, body.get("active").and_then(boolean)).await
 }
@@ -334,10 +338,7 @@ pub async fn delete(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(refused) = authorized(&portal, &headers) {
-        return refused;
-    }
-    let user = match named(&portal, &id).await {
+    let user = match addressed(&portal, &headers, &id).await {
         Ok(user) => user,
         Err(answer) => return answer,
     };
