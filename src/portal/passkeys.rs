@@ -187,6 +187,26 @@ async fn begin<O: Serialize>(
     }
 }
 
+/// What both `…/finish`es begin with: the form's CSRF token checked, the session, and the
+/// ceremony it had under way (taken: it serves once); else the answer to give.
+async fn finisher<'b>(
+    portal: &Portal,
+    browser: &'b Browser,
+    form: &Fields,
+) -> Result<(&'b str, &'b PortalSession, Option<Ceremony>), Response> {
+    if !browser.csrf_ok(form.get("csrf")) {
+        return Err(pages::forbidden(browser.t));
+    }
+    let Some((token_hash, session)) = &browser.session else {
+        return Err((browser.jar.clone(), Redirect::to("/")).into_response());
+    };
+    let ceremony = match portal.gateway.store.take_ceremony(token_hash).await {
+        Ok(ceremony) => ceremony.and_then(|json| serde_json::from_str::<Ceremony>(&json).ok()),
+        Err(error) => return Err(failure(browser.t, error)),
+    };
+    Ok((token_hash, session, ceremony))
+}
+
 /// `POST /mfa/passkeys/register/finish` (`csrf`, `name`, `credential`: the browser's
 /// answer as JSON): the passkey is the user's. The first second factor also passes this
 /// session's and shows the recovery codes.
@@ -197,21 +217,13 @@ pub async fn register_finish(
 ) -> Response {
     let t = browser.t;
     let form = Fields::parse(&body);
-    if !browser.csrf_ok(form.get("csrf")) {
-        return pages::forbidden(t);
-    }
-    let Some((token_hash, session)) = &browser.session else {
-        return (browser.jar, Redirect::to("/")).into_response();
+    let (token_hash, session, ceremony) = match finisher(&portal, &browser, &form).await {
+        Ok(found) => found,
+        Err(answer) => return answer,
     };
     let user = &session.user;
     let store = &portal.gateway.store;
-    let ceremony = match store.take_ceremony(token_hash).await {
-        Ok(ceremony) => ceremony,
-        Err(error) => return failure(t, error),
-    };
-    let Some(Ok(Ceremony::Register { state, first })) =
-        ceremony.map(|json| serde_json::from_str::<Ceremony>(&json))
-    else {
+    let Some(Ceremony::Register { state, first }) = ceremony else {
         return refused(&portal, &browser, "register").await;
     };
     let credential: Option<RegisterPublicKeyCredential> = form
@@ -310,21 +322,13 @@ pub async fn sign_in_finish(
 ) -> Response {
     let t = browser.t;
     let form = Fields::parse(&body);
-    if !browser.csrf_ok(form.get("csrf")) {
-        return pages::forbidden(t);
-    }
-    let Some((token_hash, session)) = &browser.session else {
-        return (browser.jar, Redirect::to("/")).into_response();
+    let (token_hash, session, ceremony) = match finisher(&portal, &browser, &form).await {
+        Ok(found) => found,
+        Err(answer) => return answer,
     };
     let user = &session.user;
     let store = &portal.gateway.store;
-    let ceremony = match store.take_ceremony(token_hash).await {
-        Ok(ceremony) => ceremony,
-        Err(error) => return failure(t, error),
-    };
-    let Some(Ok(Ceremony::SignIn(state))) =
-        ceremony.map(|json| serde_json::from_str::<Ceremony>(&json))
-    else {
+    let Some(Ceremony::SignIn(state)) = ceremony else {
         return refused(&portal, &browser, "sign_in").await;
     };
     let credential: Option<PublicKeyCredential> = form
