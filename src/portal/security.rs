@@ -111,23 +111,17 @@ pub async fn remove_totp(
         Ok(session) => session,
         Err(answer) => return answer,
     };
-    let user = &session.user;
     let keep_one = portal.config.require_mfa;
-    match portal.gateway.store.remove_totp(user.id, keep_one).await {
-        Ok(true) => {}
-        Ok(false) => {
-            let response = page(&portal, &browser, session, Some(t.last_method)).await;
-            return (browser.jar, response).into_response();
-        }
-        Err(error) => return failure(t, error),
-    }
-    removed(&portal, &browser, &user.login, "totp");
+    let outcome = portal
+        .gateway
+        .store
+        .remove_totp(session.user.id, keep_one)
+        .await;
     let change = Change::Mfa {
         what: t.mfa_totp_removed,
         name: None,
     };
-    notify::send(&portal, user, &browser, change);
-    (browser.jar, Redirect::to("/security")).into_response()
+    after_removal(&portal, &browser, session, outcome, "totp", change).await
 }
 
 /// `POST /security/passkeys/{id}/remove`: one of the user's own.
@@ -154,24 +148,14 @@ pub async fn remove_passkey(
     let Some(name) = name else {
         return pages::message(t, StatusCode::NOT_FOUND, t.not_found);
     };
-    match store
+    let outcome = store
         .remove_passkey(user.id, id, portal.config.require_mfa)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => {
-            let response = page(&portal, &browser, session, Some(t.last_method)).await;
-            return (browser.jar, response).into_response();
-        }
-        Err(error) => return failure(t, error),
-    }
-    removed(&portal, &browser, &user.login, "passkey");
+        .await;
     let change = Change::Mfa {
         what: t.mfa_passkey_removed,
         name: Some(&name),
     };
-    notify::send(&portal, user, &browser, change);
-    (browser.jar, Redirect::to("/security")).into_response()
+    after_removal(&portal, &browser, session, outcome, "passkey", change).await
 }
 
 /// `POST /security/recovery-codes`: ten new codes, shown once; the old ones stop working.
@@ -198,8 +182,26 @@ pub async fn renew_recovery_codes(
     (browser.jar, response).into_response()
 }
 
-/// One log line and one audit event for a method removed.
-fn removed(portal: &Portal, browser: &Browser, login: &str, method: &str) {
+/// What follows a removal: refused as the last method (the page says so), or done (a log
+/// line, an audit event, the user's mail, back to the page).
+async fn after_removal(
+    portal: &Arc<Portal>,
+    browser: &Browser,
+    session: &PortalSession,
+    outcome: Result<bool, StoreError>,
+    method: &str,
+    change: Change<'_>,
+) -> Response {
+    let t = browser.t;
+    match outcome {
+        Ok(true) => {}
+        Ok(false) => {
+            let response = page(portal, browser, session, Some(t.last_method)).await;
+            return (browser.jar.clone(), response).into_response();
+        }
+        Err(error) => return failure(t, error),
+    }
+    let login = &session.user.login;
     tracing::info!(login = ?login, method, "portal: second factor removed");
     portal.audit(
         browser,
@@ -208,6 +210,8 @@ fn removed(portal: &Portal, browser: &Browser, login: &str, method: &str) {
         "ok",
         Some(format!("method={method}")),
     );
+    notify::send(portal, &session.user, browser, change);
+    (browser.jar.clone(), Redirect::to("/security")).into_response()
 }
 
 fn failure(t: &'static super::i18n::Messages, error: StoreError) -> Response {
