@@ -15,7 +15,7 @@ use crate::config::{Config, Limits, NetworkConfig, SmtpConfig};
 use crate::imap::warm::WarmConnections;
 use crate::limits::penalty::MemoryPenalties;
 use crate::limits::quota::{MemoryQuotas, QuotaLimits};
-use crate::limits::{Penalties, Quotas};
+use crate::limits::{shared, Penalties, Quotas};
 use crate::net::caps::{AddressCaps, SessionCaps};
 use crate::net::stream::Stream;
 use crate::ops::audit::AuditWriter;
@@ -23,7 +23,7 @@ use crate::ops::metrics::Metrics;
 use crate::session::live::LiveSessions;
 use crate::smtp::capabilities::CapabilityCache;
 use crate::smtp::upstream::Capabilities;
-use crate::store::Store;
+use crate::store::{Backend, Store};
 use crate::tls::stream::ServerTls;
 use crate::tls::{self, TlsError};
 use crate::upstream::Upstream;
@@ -44,6 +44,8 @@ pub enum ServeError {
     Hash(#[from] HashError),
     #[error("verifier: {0}")]
     Auth(#[from] AuthError),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("cannot bind {address} for {what}: {source}")]
     Bind {
         what: String,
@@ -109,9 +111,23 @@ impl Gateway {
         let metrics = Metrics::new();
         let hasher = password_hasher(config)?.with_histogram(metrics.password_hash_seconds.clone());
         let audit = AuditWriter::start(store.clone(), &metrics, config.store.audit_queue);
-        let penalties: Arc<dyn Penalties> = Arc::new(MemoryPenalties::new(
-            config.network.trusted_networks.clone(),
-        ));
+        let quota = |n: u32| (n > 0).then_some(n);
+        let quota_limits = QuotaLimits {
+            messages_per_hour: quota(config.smtp.messages_per_hour),
+            recipients_per_hour: quota(config.smtp.recipients_per_hour),
+        };
+        let trusted = config.network.trusted_networks.clone();
+        let (penalties, quotas): (Arc<dyn Penalties>, Arc<dyn Quotas>) = match store.backend() {
+            Backend::Postgres => {
+                let (penalties, quotas) =
+                    shared::start(store.clone(), trusted, quota_limits, &metrics).await?;
+                (penalties, quotas)
+            }
+            Backend::Sqlite => (
+                Arc::new(MemoryPenalties::new(trusted)),
+                Arc::new(MemoryQuotas::new(quota_limits)),
+            ),
+        };
         let verifier = Verifier::new(
             store.clone(),
             hasher,
@@ -125,7 +141,6 @@ impl Gateway {
         )
         .await?;
         let (imap_upstream, smtp_upstream) = upstreams(config, &metrics)?;
-        let quota = |n: u32| (n > 0).then_some(n);
         Ok(Arc::new(Gateway {
             limits: config.limits.clone(),
             smtp_upstream: RwLock::new(smtp_upstream),
@@ -136,10 +151,7 @@ impl Gateway {
                 config.network.trusted_networks.clone(),
             ),
             session_caps: SessionCaps::new(config.network.max_sessions_per_user_ip, Vec::new()),
-            quotas: Arc::new(MemoryQuotas::new(QuotaLimits {
-                messages_per_hour: quota(config.smtp.messages_per_hour),
-                recipients_per_hour: quota(config.smtp.recipients_per_hour),
-            })),
+            quotas,
             smtp_capabilities: CapabilityCache::new(config.smtp.capabilities_refresh),
             server_tls: RwLock::new(server_tls),
             verifier,

@@ -198,7 +198,10 @@ impl Verifier {
                 self.cache.insert(cache_key, grant.clone()).await;
             }
             Verdict::Refused(..) => {
-                let delay = self.penalties.failed(ip, &login, cache_key).await;
+                // Under the shared key, so every instance fingerprints a retyped wrong
+                // password alike.
+                let digest = self.lookup_key.cache_key(&login, attempt.password);
+                let delay = self.penalties.failed(ip, &login, digest).await;
                 tokio::time::sleep(delay).await;
             }
             Verdict::RateLimited => {}

@@ -1,11 +1,13 @@
 //! Limits that hold across a user's connections, behind small interfaces so that where
 //! they are counted can change without their callers: login penalties ([`Penalties`],
-//! asked by the verifier) and sending quotas ([`Quotas`], asked by SMTP sessions). This
-//! instance's memory holds them today ([`penalty::MemoryPenalties`],
-//! [`quota::MemoryQuotas`]); a store shared by several instances is another backend.
+//! asked by the verifier) and sending quotas ([`Quotas`], asked by SMTP sessions). One
+//! instance on SQLite keeps them in its memory ([`penalty::MemoryPenalties`],
+//! [`quota::MemoryQuotas`]); instances sharing PostgreSQL count them there
+//! ([`shared::SharedPenalties`], [`shared::SharedQuotas`]).
 
 pub mod penalty;
 pub mod quota;
+pub mod shared;
 
 use std::future::Future;
 use std::net::IpAddr;

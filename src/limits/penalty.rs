@@ -35,10 +35,40 @@ const REMEMBERED_PASSWORDS: usize = 8;
 /// Keys tracked at most; the least recently used are forgotten first.
 const MAX_KEYS: u64 = 200_000;
 
+/// What a penalty is counted against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
+pub(super) enum Key {
     Address(IpAddr),
     Login(String),
+}
+
+impl Key {
+    /// The key as the shared store names it: `a:` and the address group, or `l:` and the
+    /// login.
+    pub(super) fn to_text(&self) -> String {
+        match self {
+            Key::Address(ip) => format!("a:{ip}"),
+            Key::Login(login) => format!("l:{login}"),
+        }
+    }
+
+    /// The key of a name from the shared store; `None` for a name this version does not
+    /// know.
+    pub(super) fn from_text(text: &str) -> Option<Key> {
+        match text.split_once(':')? {
+            ("a", ip) => ip.parse().ok().map(Key::Address),
+            ("l", login) => Some(Key::Login(login.to_string())),
+            _ => None,
+        }
+    }
+}
+
+/// The delay after the `failures`-th counted failure (none before the first).
+pub(super) fn delay_after(failures: u32) -> Duration {
+    match failures {
+        0 => Duration::ZERO,
+        n => DELAYS[(n as usize - 1).min(DELAYS.len() - 1)],
+    }
 }
 
 #[derive(Debug, Default)]
@@ -80,7 +110,8 @@ impl MemoryPenalties {
         self.trusted.iter().any(|net| net.contains(&ip))
     }
 
-    fn keys(&self, ip: IpAddr, login: &str) -> Option<[Key; 2]> {
+    /// The keys an attempt is counted against; `None` from a trusted network.
+    pub(super) fn keys(&self, ip: IpAddr, login: &str) -> Option<[Key; 2]> {
         if self.is_trusted(ip) {
             return None;
         }
@@ -127,12 +158,32 @@ impl MemoryPenalties {
                 }
                 record.passwords.push(password_digest);
             }
-            let index = (record.failures.max(1) as usize - 1).min(DELAYS.len() - 1);
-            let key_delay = DELAYS[index];
+            let key_delay = delay_after(record.failures.max(1));
             record.blocked_until = Some(now + key_delay);
             delay = delay.max(key_delay);
         }
         delay
+    }
+
+    /// Takes a key's count from the shared store: `failures` counted, the last one
+    /// `since` ago (the penalty runs for what is left of its delay); zero forgets the key.
+    pub(super) fn set_failures(&self, key: Key, failures: u32, since: Duration) {
+        if failures == 0 {
+            self.records.invalidate(&key);
+            return;
+        }
+        let record = self.records.get_with(key, Arc::default);
+        let mut record = lock(&record);
+        record.failures = failures;
+        record.blocked_until = delay_after(failures)
+            .checked_sub(since)
+            .map(|left| Instant::now() + left);
+    }
+
+    /// Whether either key has failures on record (a correct password then has something
+    /// to clear).
+    pub(super) fn has_failures(&self, keys: &[Key; 2]) -> bool {
+        keys.iter().any(|key| self.records.contains_key(key))
     }
 
     /// A correct password clears the address's and the login's penalties.

@@ -1,6 +1,5 @@
-//! Per-app-password sending quotas: messages and recipients in the last hour. Counted in
-//! this instance's memory: several instances each allow the full quota, and a restart
-//! forgets the counts.
+//! Per-app-password sending quotas: messages and recipients in the last hour, counted in
+//! this instance's memory (one instance on SQLite; a restart forgets the counts).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub oauth2_token_requests: IntCounterVec,
     /// How old a token is when an upstream login presents it, by provider.
     pub oauth2_token_age: HistogramVec,
+    /// Penalty and quota operations the shared store could not serve, counted in this
+    /// instance's memory instead, by limit (`penalty`, `quota`).
+    pub shared_limits_fallbacks: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -249,6 +252,13 @@ impl Metrics {
                 &["provider"],
                 &[1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0],
             ),
+            shared_limits_fallbacks: counter_vec(
+                r,
+                "postern_shared_limits_fallbacks_total",
+                "Penalty and quota operations the shared store could not serve, counted in this \
+                 instance's memory instead, by limit.",
+                &["limit"],
+            ),
             build_info,
             registry,
         };
@@ -316,6 +326,9 @@ impl Metrics {
             "upstream_failed",
         ] {
             self.smtp_messages.with_label_values(&[result]);
+        }
+        for limit in ["penalty", "quota"] {
+            self.shared_limits_fallbacks.with_label_values(&[limit]);
         }
     }
 

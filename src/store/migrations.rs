@@ -61,6 +61,11 @@ const SQLITE: &[Embedded] = &[
         "change notifications",
         include_str!("../../migrations/sqlite/0008_change_notifications.sql"),
     ),
+    (
+        9,
+        "shared limits",
+        include_str!("../../migrations/sqlite/0009_shared_limits.sql"),
+    ),
 ];
 
 const POSTGRES: &[Embedded] = &[
@@ -103,6 +108,11 @@ const POSTGRES: &[Embedded] = &[
         8,
         "change notifications",
         include_str!("../../migrations/postgres/0008_change_notifications.sql"),
+    ),
+    (
+        9,
+        "shared limits",
+        include_str!("../../migrations/postgres/0009_shared_limits.sql"),
     ),
 ];
 

@@ -17,6 +17,7 @@ mod app_passwords;
 mod audit;
 mod changes;
 mod directory;
+mod limits;
 mod mfa;
 mod migrations;
 mod model;
@@ -40,6 +41,7 @@ pub use model::{
 
 pub use changes::ChangeSignal;
 pub use directory::DirectoryUser;
+pub use limits::{PenaltyCount, SentLastHour, PENALTY_CHANNEL};
 pub use mfa::{MfaMethods, PasskeyRecord, TotpRecord};
 pub use portal::{DeviceLink, OidcLogin, PortalSession};
 
