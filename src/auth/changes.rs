@@ -11,6 +11,9 @@ use crate::ops::metrics::Metrics;
 use crate::session::live::LiveSessions;
 use crate::store::{self, Backend, Change, ChangeSignal, Store, StoreError};
 
+/// How often to try listening again after the push was lost.
+const RELISTEN_EVERY: Duration = Duration::from_secs(1);
+
 /// Reads the change feed every `interval`, and at once when the store pushes a change,
 /// until `shutdown` completes. A store outage is logged once, and its end once; polling
 /// goes on through it and picks up where it left off, so no change is missed.
@@ -34,15 +37,18 @@ pub async fn follow(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Since when polls have failed, while they do.
     let mut failing: Option<tokio::time::Instant> = None;
-    // PostgreSQL's push; while it is lost, each tick tries to listen again.
+    // PostgreSQL's push; while it is lost, every second tries to listen again (and the
+    // feed is read after each try, so what was pushed meanwhile is not missed).
     let mut signal = listen(&store).await;
+    let pushes = store.backend() == Backend::Postgres;
+    let mut relisten = tokio::time::interval(RELISTEN_EVERY);
+    relisten.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = &mut shutdown => return,
-            _ = ticker.tick() => {
-                if signal.is_none() && store.backend() == Backend::Postgres {
-                    signal = listen(&store).await;
-                }
+            _ = ticker.tick() => {}
+            _ = relisten.tick(), if pushes && signal.is_none() => {
+                signal = listen(&store).await;
             }
             woken = pushed(&mut signal) => {
                 if let Err(error) = woken {

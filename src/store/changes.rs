@@ -86,20 +86,37 @@ impl Store {
     /// A listener for change notifications; `None` with SQLite (one instance: polling
     /// the local file is all there is).
     pub async fn listen_for_changes(&self) -> Result<Option<ChangeSignal>, StoreError> {
+        Ok(self.listen(CHANNEL).await?.map(ChangeSignal))
+    }
+
+    /// A connection of its own listening on `channel`; `None` with SQLite. After a lost
+    /// connection it connects again within about a second of the server's return (sqlx's
+    /// backoff is a fifth of the acquire timeout), or fails after [`ACQUIRE_TIMEOUT`].
+    pub(super) async fn listen(
+        &self,
+        channel: &str,
+    ) -> Result<Option<sqlx::postgres::PgListener>, StoreError> {
         let Some(url) = &self.listen_url else {
             return Ok(None);
         };
-        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
-        listener.listen(CHANNEL).await?;
-        Ok(Some(ChangeSignal(listener)))
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy(url)?;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+        listener.listen(channel).await?;
+        Ok(Some(listener))
     }
 }
 
 impl ChangeSignal {
-    /// Waits for the next notification. An error means the connection was lost (sqlx
-    /// reconnects on the next call); the caller polls either way.
+    /// Waits for the next notification, or for the connection to be lost and made again:
+    /// notifications sent meanwhile are gone, so the caller reads the feed either way. An
+    /// error means the connection could not be made again.
     pub async fn next(&mut self) -> Result<(), StoreError> {
-        self.0.recv().await?;
+        self.0.try_recv().await?;
         Ok(())
     }
 }

@@ -110,12 +110,7 @@ impl Store {
     pub async fn listen_for_penalties(
         &self,
     ) -> Result<Option<sqlx::postgres::PgListener>, StoreError> {
-        let Some(url) = &self.listen_url else {
-            return Ok(None);
-        };
-        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
-        listener.listen(PENALTY_CHANNEL).await?;
-        Ok(Some(listener))
+        self.listen(PENALTY_CHANNEL).await
     }
 
     /// What an app password sent in the last hour, in one indexed read.

@@ -26,24 +26,33 @@ pub enum ProxyVersion {
     V2,
 }
 
-/// One frontend: haproxy listens on a loopback port and forwards to `to` with a header.
-#[derive(Clone, Copy, Debug)]
+/// One frontend: haproxy listens on a loopback port and forwards to `to` with a header,
+/// round robin when there are several.
+#[derive(Clone, Debug)]
 pub struct Route {
-    pub to: SocketAddr,
+    pub to: Vec<SocketAddr>,
     pub version: ProxyVersion,
 }
 
 impl Route {
     pub fn v1(to: SocketAddr) -> Route {
         Route {
-            to,
+            to: vec![to],
             version: ProxyVersion::V1,
         }
     }
 
     pub fn v2(to: SocketAddr) -> Route {
         Route {
-            to,
+            to: vec![to],
+            version: ProxyVersion::V2,
+        }
+    }
+
+    /// Round robin over several instances, with the binary header.
+    pub fn round_robin(to: &[SocketAddr]) -> Route {
+        Route {
+            to: to.to_vec(),
             version: ProxyVersion::V2,
         }
     }
@@ -109,9 +118,11 @@ impl Haproxy {
                 ProxyVersion::V2 => "send-proxy-v2",
             };
             text.push_str(&format!(
-                "\nlisten route{i}\n    bind {frontend}\n    server postern {} {send}\n",
-                route.to
+                "\nlisten route{i}\n    bind {frontend}\n    balance roundrobin\n"
             ));
+            for (n, to) in route.to.iter().enumerate() {
+                text.push_str(&format!("    server postern{n} {to} {send}\n"));
+            }
         }
         text
     }

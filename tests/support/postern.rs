@@ -187,129 +187,7 @@ impl Postern {
 
     pub async fn start_with(dovecot: &Dovecot, options: Options) -> Postern {
         capture_logs();
-        let dir = tempfile::Builder::new()
-            .prefix("postern-gateway-")
-            .tempdir()
-            .expect("temp dir for postern");
-        let ca = TestCa::new(dir.path());
-        let (cert, key) = ca.issue(dir.path(), "postern", &["localhost", "127.0.0.1"]);
-        let master_password_file = dir.path().join("master-password");
-        let master_password = options
-            .master_password
-            .clone()
-            .unwrap_or_else(|| dovecot.master_password.clone());
-        std::fs::write(&master_password_file, format!("{master_password}\n"))
-            .expect("write master password");
-        remember_secrets([master_password.clone()]);
-        let store_url = options
-            .store_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("postern.db").display()));
-        let upstream_port = options.upstream_port.unwrap_or(match options.upstream_tls {
-            "implicit" => dovecot.imaps_port,
-            _ => dovecot.imap_port,
-        });
-        let smtp_upstream_port = options.upstream_port.unwrap_or(match options.upstream_tls {
-            "implicit" => dovecot.submissions_port,
-            _ => dovecot.submission_port,
-        });
-        let ports = options.listener_ports.unwrap_or([0; 4]);
-        let text = format!(
-            r#"
-[store]
-url = "{store_url}"
-
-[tls]
-cert = "{cert}"
-key = "{key}"
-
-[[listener]]
-name = "imaps"
-protocol = "imap"
-bind = "127.0.0.1:{port_0}"
-tls = "implicit"
-proxy_protocol = {proxy_protocol}
-max_connections = {max_connections}
-
-[[listener]]
-name = "imap"
-protocol = "imap"
-bind = "127.0.0.1:{port_1}"
-tls = "starttls"
-proxy_protocol = {proxy_protocol}
-max_connections = {max_connections}
-
-[[listener]]
-name = "smtps"
-protocol = "smtp"
-bind = "127.0.0.1:{port_2}"
-tls = "implicit"
-proxy_protocol = {proxy_protocol}
-max_connections = {max_connections}
-
-[[listener]]
-name = "submission"
-protocol = "smtp"
-bind = "127.0.0.1:{port_3}"
-tls = "starttls"
-proxy_protocol = {proxy_protocol}
-max_connections = {max_connections}
-
-[upstream.smtp]
-address = "127.0.0.1:{smtp_upstream_port}"
-tls = "{upstream_tls}"
-server_name = "localhost"
-ca_file = "{ca_file}"
-auth = "{upstream_auth}"
-master_user = "{master_user}"
-master_password_file = "{master_password_file}"
-{upstream_extra}
-
-[upstream.imap]
-address = "127.0.0.1:{upstream_port}"
-tls = "{upstream_tls}"
-server_name = "localhost"
-ca_file = "{ca_file}"
-auth = "{upstream_auth}"
-master_user = "{master_user}"
-master_password_file = "{master_password_file}"
-{upstream_extra}
-
-[http]
-bind = "127.0.0.1:0"
-
-[auth]
-change_poll_interval = "{change_poll_interval}"
-{auth_extra}
-
-[network]
-trusted_networks = {trusted_networks}
-proxy_sources = {proxy_sources}
-{network_extra}
-
-{extra}
-"#,
-            cert = cert.display(),
-            key = key.display(),
-            upstream_tls = options.upstream_tls,
-            ca_file = dovecot.ca_path.display(),
-            upstream_auth = options.upstream_auth,
-            master_user = dovecot.master_user,
-            master_password_file = master_password_file.display(),
-            trusted_networks = options.trusted_networks,
-            proxy_sources = options.proxy_sources,
-            max_connections = options.max_connections,
-            change_poll_interval = options.change_poll_interval,
-            upstream_extra = options.upstream_extra,
-            port_0 = ports[0],
-            port_1 = ports[1],
-            port_2 = ports[2],
-            port_3 = ports[3],
-            auth_extra = options.auth_extra,
-            network_extra = options.network_extra,
-            extra = options.extra_config,
-            proxy_protocol = options.proxy_protocol,
-        );
+        let Prepared { dir, text, ca_path } = prepare(dovecot, &options, 0);
         let config_path = dir.path().join("postern.toml");
         std::fs::write(&config_path, &text).expect("write config");
         let config = Config::parse(&text).expect("test config parses");
@@ -357,7 +235,7 @@ proxy_sources = {proxy_sources}
             submission,
             http,
             portal: portal_address,
-            ca_path: ca.ca_path.clone(),
+            ca_path,
             config_path,
             config,
             store,
@@ -437,6 +315,146 @@ proxy_sources = {proxy_sources}
     }
 }
 
+/// A config written for a test, with its CA.
+struct Prepared {
+    dir: tempfile::TempDir,
+    text: String,
+    ca_path: PathBuf,
+}
+
+/// Writes the certificate, the master password and the config text for `options`, with the
+/// HTTP endpoint on `http_port` (0: any).
+fn prepare(dovecot: &Dovecot, options: &Options, http_port: u16) -> Prepared {
+    let dir = tempfile::Builder::new()
+        .prefix("postern-gateway-")
+        .tempdir()
+        .expect("temp dir for postern");
+    let ca = TestCa::new(dir.path());
+    let (cert, key) = ca.issue(dir.path(), "postern", &["localhost", "127.0.0.1"]);
+    let master_password_file = dir.path().join("master-password");
+    let master_password = options
+        .master_password
+        .clone()
+        .unwrap_or_else(|| dovecot.master_password.clone());
+    std::fs::write(&master_password_file, format!("{master_password}\n"))
+        .expect("write master password");
+    remember_secrets([master_password.clone()]);
+    let store_url = options
+        .store_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("postern.db").display()));
+    let upstream_port = options.upstream_port.unwrap_or(match options.upstream_tls {
+        "implicit" => dovecot.imaps_port,
+        _ => dovecot.imap_port,
+    });
+    let smtp_upstream_port = options.upstream_port.unwrap_or(match options.upstream_tls {
+        "implicit" => dovecot.submissions_port,
+        _ => dovecot.submission_port,
+    });
+    let ports = options.listener_ports.unwrap_or([0; 4]);
+    let text = format!(
+        r#"
+[store]
+url = "{store_url}"
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+
+[[listener]]
+name = "imaps"
+protocol = "imap"
+bind = "127.0.0.1:{port_0}"
+tls = "implicit"
+proxy_protocol = {proxy_protocol}
+max_connections = {max_connections}
+
+[[listener]]
+name = "imap"
+protocol = "imap"
+bind = "127.0.0.1:{port_1}"
+tls = "starttls"
+proxy_protocol = {proxy_protocol}
+max_connections = {max_connections}
+
+[[listener]]
+name = "smtps"
+protocol = "smtp"
+bind = "127.0.0.1:{port_2}"
+tls = "implicit"
+proxy_protocol = {proxy_protocol}
+max_connections = {max_connections}
+
+[[listener]]
+name = "submission"
+protocol = "smtp"
+bind = "127.0.0.1:{port_3}"
+tls = "starttls"
+proxy_protocol = {proxy_protocol}
+max_connections = {max_connections}
+
+[upstream.smtp]
+address = "127.0.0.1:{smtp_upstream_port}"
+tls = "{upstream_tls}"
+server_name = "localhost"
+ca_file = "{ca_file}"
+auth = "{upstream_auth}"
+master_user = "{master_user}"
+master_password_file = "{master_password_file}"
+{upstream_extra}
+
+[upstream.imap]
+address = "127.0.0.1:{upstream_port}"
+tls = "{upstream_tls}"
+server_name = "localhost"
+ca_file = "{ca_file}"
+auth = "{upstream_auth}"
+master_user = "{master_user}"
+master_password_file = "{master_password_file}"
+{upstream_extra}
+
+[http]
+bind = "127.0.0.1:{http_port}"
+
+[auth]
+change_poll_interval = "{change_poll_interval}"
+{auth_extra}
+
+[network]
+trusted_networks = {trusted_networks}
+proxy_sources = {proxy_sources}
+{network_extra}
+
+{extra}
+"#,
+        cert = cert.display(),
+        key = key.display(),
+        upstream_tls = options.upstream_tls,
+        ca_file = dovecot.ca_path.display(),
+        upstream_auth = options.upstream_auth,
+        master_user = dovecot.master_user,
+        master_password_file = master_password_file.display(),
+        trusted_networks = options.trusted_networks,
+        proxy_sources = options.proxy_sources,
+        max_connections = options.max_connections,
+        change_poll_interval = options.change_poll_interval,
+        upstream_extra = options.upstream_extra,
+        port_0 = ports[0],
+        port_1 = ports[1],
+        port_2 = ports[2],
+        port_3 = ports[3],
+        auth_extra = options.auth_extra,
+        network_extra = options.network_extra,
+        extra = options.extra_config,
+        proxy_protocol = options.proxy_protocol,
+    );
+    Prepared {
+        dir,
+        text,
+        ca_path: ca.ca_path.clone(),
+    }
+}
+
 /// Runs the `postern` binary with `--config path`.
 pub fn cli(config_path: &Path, args: &[&str]) -> Output {
     // Cargo names the binary for tests and benches; an example (scripts/demo) prints the
@@ -472,4 +490,115 @@ pub async fn http_get(address: std::net::SocketAddr, path: &str) -> String {
         .await
         .expect("read response");
     response
+}
+
+/// postern as its own process (`postern serve`), for tests of several instances that
+/// must not share anything but the store: its memory, its tasks, its listeners.
+pub struct PosternProcess {
+    pub imaps: SocketAddr,
+    pub smtps: SocketAddr,
+    pub http: SocketAddr,
+    /// The CA that issued this instance's certificate.
+    pub ca_path: PathBuf,
+    pub config_path: PathBuf,
+    child: Option<std::process::Child>,
+    log_path: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl PosternProcess {
+    /// Runs `postern serve` on free loopback ports and waits for `/readyz`; panics with
+    /// the log when it does not come up. Migrate the store first.
+    pub async fn start(dovecot: &Dovecot, mut options: Options) -> PosternProcess {
+        let ports = [(); 4].map(|_| super::free_port());
+        options.listener_ports = Some(ports);
+        let http_port = super::free_port();
+        let Prepared { dir, text, ca_path } = prepare(dovecot, &options, http_port);
+        let config_path = dir.path().join("postern.toml");
+        std::fs::write(&config_path, &text).expect("write config");
+        let log_path = dir.path().join("postern.log");
+        let binary = option_env!("CARGO_BIN_EXE_postern").unwrap_or("target/release/postern");
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("serve")
+            .env("POSTERN_LOG", "info,postern=debug")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path).expect("create postern.log"))
+            .spawn()
+            .expect("run postern serve");
+        super::register_live(child.id(), super::Stop::Signal(super::SIGTERM), dir.path());
+        let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let mut process = PosternProcess {
+            imaps: at(ports[0]),
+            smtps: at(ports[2]),
+            http: at(http_port),
+            ca_path,
+            config_path,
+            child: Some(child),
+            log_path,
+            dir,
+        };
+        let deadline = std::time::Instant::now() + super::STARTUP_DEADLINE;
+        loop {
+            if super::port_open(http_port)
+                && http_get(process.http, "/readyz")
+                    .await
+                    .starts_with("HTTP/1.1 200")
+            {
+                return process;
+            }
+            let exited = process
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || std::time::Instant::now() > deadline {
+                panic!(
+                    "postern serve did not come up ({exited:?})\n{}",
+                    process.log()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub async fn metrics(&self) -> String {
+        http_get(self.http, "/metrics").await
+    }
+
+    /// Runs the real `postern` binary against this instance's config and store.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.config_path, args)
+    }
+
+    /// Everything this process logged.
+    pub fn log(&self) -> String {
+        super::read_lossy(&self.log_path)
+    }
+
+    /// SIGTERM, a clean exit; then checks that no remembered credential reached the log.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let clean = super::stop_child(&mut child, super::Stop::Signal(super::SIGTERM));
+        let log = self.log();
+        assert!(clean, "postern did not exit on SIGTERM\n{log}");
+        for secret in SECRETS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            assert!(
+                !log.contains(secret.as_str()),
+                "a credential reached the log"
+            );
+        }
+    }
+}
+
+impl Drop for PosternProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            super::stop_child(&mut child, super::Stop::Signal(super::SIGTERM));
+        }
+    }
 }
