@@ -686,6 +686,18 @@ pub struct TlsConfig {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     #[serde(default = "default_key")]
     pub key: PathBuf,
+    /// More certificates, after the default one in order of preference: another key type
+    /// for the same names (RSA beside ECDSA), or other names, chosen by SNI.
+    #[serde(default)]
+    pub certificates: Vec<CertificatePair>,
+}
+
+/// A certificate chain and its key, in `[[tls.certificates]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatePair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for TlsConfig {
@@ -693,6 +705,7 @@ impl Default for TlsConfig {
         Self {
             cert: default_cert(),
             key: default_key(),
+            certificates: Vec::new(),
         }
     }
 }

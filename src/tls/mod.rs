@@ -1,6 +1,7 @@
 //! rustls configurations, built once at start and shared by `Arc`: the server side that
 //! mail clients see, and the client side postern uses towards the upstream.
 
+pub mod certificates;
 pub mod stream;
 pub mod trust;
 
@@ -12,6 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::config::TlsConfig;
+pub use certificates::Certificates;
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +30,10 @@ pub enum TlsError {
         path: PathBuf,
         source: rustls::pki_types::pem::Error,
     },
-    #[error("certificate and key do not fit together: {0}")]
-    Mismatch(rustls::Error),
+    #[error("{0}: certificate and key do not fit together: {1}")]
+    Mismatch(String, rustls::Error),
+    #[error("the TLS library refuses the configuration: {0}")]
+    Provider(rustls::Error),
     #[error("cannot generate the development certificate: {0}")]
     Generate(String),
     #[error("cannot write {path}: {source}")]
@@ -85,17 +89,30 @@ fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsErro
 
 /// The configuration mail clients handshake with: TLS 1.2 and 1.3, no client certificates.
 pub fn server_config(config: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
-    let chain = load_certificates(&config.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|source| TlsError::Key {
-        path: config.key.clone(),
-        source,
-    })?;
+    let mut pairs = Vec::new();
+    for (cert, key) in std::iter::once((&config.cert, &config.key)).chain(
+        config
+            .certificates
+            .iter()
+            .map(|pair| (&pair.cert, &pair.key)),
+    ) {
+        let chain = load_certificates(cert)?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
+            path: key.clone(),
+            source,
+        })?;
+        pairs.push((cert.display().to_string(), chain, key));
+    }
+    server_config_for(Certificates::new(pairs)?)
+}
+
+/// The configuration mail clients handshake with, serving `certificates`.
+pub fn server_config_for(certificates: Certificates) -> Result<Arc<ServerConfig>, TlsError> {
     let server = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(TlsError::Mismatch)?
+        .map_err(TlsError::Provider)?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(TlsError::Mismatch)?;
+        .with_cert_resolver(Arc::new(certificates));
     Ok(Arc::new(server))
 }
 
@@ -128,10 +145,10 @@ pub fn client_config(
         }
     }
     let verifier = trust::UpstreamTrust::new(roots, pinned, pins.to_vec(), provider())
-        .map_err(TlsError::Mismatch)?;
+        .map_err(TlsError::Provider)?;
     let client = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(TlsError::Mismatch)?
+        .map_err(TlsError::Provider)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
@@ -163,6 +180,7 @@ mod tests {
         let config = TlsConfig {
             cert: dir.path().join("certs/postern.crt"),
             key: dir.path().join("certs/postern.key"),
+            certificates: Vec::new(),
         };
         assert!(ensure_development_certificate(&config).unwrap());
         let first = std::fs::read(&config.cert).unwrap();
@@ -179,6 +197,7 @@ mod tests {
         let config = TlsConfig {
             cert: dir.path().join("c.pem"),
             key: dir.path().join("k.pem"),
+            certificates: Vec::new(),
         };
         ensure_development_certificate(&config).unwrap();
         std::fs::remove_file(&config.key).unwrap();

@@ -266,10 +266,18 @@ fn explain(
 /// The DNS names and addresses a certificate is for (its subject alternative names, or
 /// its common name when it has none), for the sentence.
 fn names(certificate: &CertificateDer<'_>) -> String {
+    match subject_names(certificate) {
+        None => "an unreadable certificate".to_string(),
+        Some(names) if names.is_empty() => "no name".to_string(),
+        Some(names) => names.join(", "),
+    }
+}
+
+/// The DNS names and addresses a certificate is for: its subject alternative names, or its
+/// common name when it has none. `None` when the certificate cannot be read.
+pub(super) fn subject_names(certificate: &CertificateDer<'_>) -> Option<Vec<String>> {
     use x509_parser::extensions::GeneralName;
-    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(certificate) else {
-        return "an unreadable certificate".to_string();
-    };
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
     let mut names: Vec<String> = Vec::new();
     if let Ok(Some(alternative)) = parsed.subject_alternative_name() {
         for name in &alternative.value.general_names {
@@ -299,10 +307,7 @@ fn names(certificate: &CertificateDer<'_>) -> String {
                 .map(str::to_owned),
         );
     }
-    match names.len() {
-        0 => "no name".to_string(),
-        _ => names.join(", "),
-    }
+    Some(names)
 }
 
 /// A validity date for people: `2026-01-31`.
