@@ -690,6 +690,62 @@ pub struct TlsConfig {
     /// for the same names (RSA beside ECDSA), or other names, chosen by SNI.
     #[serde(default)]
     pub certificates: Vec<CertificatePair>,
+    /// A certificate obtained and renewed from an ACME CA, served before the others (which
+    /// stay as the fallback until the first one is obtained).
+    pub acme: Option<AcmeConfig>,
+}
+
+/// `[tls.acme]`: certificates from an ACME CA (RFC 8555), such as Let's Encrypt.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The CA's directory, e.g. `https://acme-v02.api.letsencrypt.org/directory`.
+    pub directory_url: String,
+    /// The names on the certificate; the first is its subject.
+    pub domains: Vec<String>,
+    /// The account's contact, e.g. `mailto:postmaster@example.com`.
+    pub contact: Option<String>,
+    /// Trust for the ACME server itself (a private CA); the system's roots otherwise.
+    pub ca_file: Option<PathBuf>,
+    /// Where HTTP-01 challenges are answered: the CA asks port 80 of each domain, so this
+    /// is port 80 or where the load balancer sends it.
+    pub http_challenge_bind: SocketAddr,
+    /// How long to wait after a failed order before trying again.
+    #[serde(default = "default_acme_retry", with = "duration")]
+    pub retry_after: Duration,
+}
+
+fn default_acme_retry() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+
+impl AcmeConfig {
+    /// The name the store keeps this set of domains' certificate under.
+    pub fn name(&self) -> String {
+        self.domains.join(",")
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        if self.domains.is_empty() {
+            problems.push("[tls.acme] domains must name at least one domain".to_string());
+        }
+        for domain in &self.domains {
+            if rustls::pki_types::ServerName::try_from(domain.clone()).is_err() {
+                problems.push(format!("[tls.acme] domains: {domain:?} is not a DNS name"));
+            }
+        }
+        if !self.directory_url.starts_with("https://") {
+            problems.push("[tls.acme] directory_url must be an https:// URL".to_string());
+        }
+        if let Some(ca_file) = &self.ca_file {
+            if !ca_file.is_file() {
+                problems.push(format!(
+                    "[tls.acme] ca_file {} does not exist",
+                    ca_file.display()
+                ));
+            }
+        }
+    }
 }
 
 /// A certificate chain and its key, in `[[tls.certificates]]`.
@@ -706,6 +762,7 @@ impl Default for TlsConfig {
             cert: default_cert(),
             key: default_key(),
             certificates: Vec::new(),
+            acme: None,
         }
     }
 }
@@ -1177,6 +1234,9 @@ impl Config {
         }
         if self.smtp.max_header_bytes < 1024 {
             problems.push("[smtp] max_header_bytes must be at least 1024".to_string());
+        }
+        if let Some(acme) = &self.tls.acme {
+            acme.problems(&mut problems);
         }
         if let Some(portal) = &self.portal {
             if !portal.public_url.starts_with("https://") {

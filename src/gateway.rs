@@ -59,6 +59,9 @@ pub struct Gateway {
     pub limits: Limits,
     /// Swapped by [`Gateway::reload`]; read once per handshake.
     server_tls: RwLock<Arc<rustls::ServerConfig>>,
+    /// `[tls]` as configured now, and the certificate ACME obtained, if any: what
+    /// `server_tls` is built from.
+    tls: RwLock<(crate::config::TlsConfig, Option<Arc<tls::Issued>>)>,
     pub verifier: Verifier,
     /// Login penalties, shared by the verifier and the portal's sign-in.
     pub penalties: Arc<dyn Penalties>,
@@ -154,6 +157,7 @@ impl Gateway {
             quotas,
             smtp_capabilities: CapabilityCache::new(config.smtp.capabilities_refresh),
             server_tls: RwLock::new(server_tls),
+            tls: RwLock::new((config.tls.clone(), None)),
             verifier,
             penalties,
             max_app_passwords: config.auth.max_app_passwords,
@@ -187,12 +191,24 @@ impl Gateway {
     /// connections and logins use them; established sessions keep what they have. All or
     /// nothing: if anything fails to load, nothing changes.
     pub async fn reload(&self, config: &Config) -> Result<(), ServeError> {
-        let server_tls = tls::server_config(&config.tls)?;
+        let issued = read(&self.tls).1.clone();
+        let server_tls = tls::server_config_with(&config.tls, issued.as_deref())?;
         let (imap, smtp) = upstreams(config, &self.metrics)?;
+        *write(&self.tls) = (config.tls.clone(), issued);
         *write(&self.server_tls) = server_tls;
         *write(&self.imap_upstream) = imap;
         *write(&self.smtp_upstream) = smtp;
         self.smtp_capabilities.forget().await;
+        Ok(())
+    }
+
+    /// Serves `issued` (a certificate ACME obtained) to new connections from now on, before
+    /// the configured certificates.
+    pub fn install_certificate(&self, issued: tls::Issued) -> Result<(), tls::TlsError> {
+        let mut current = write(&self.tls);
+        let server_tls = tls::server_config_with(&current.0, Some(&issued))?;
+        current.1 = Some(Arc::new(issued));
+        *write(&self.server_tls) = server_tls;
         Ok(())
     }
 

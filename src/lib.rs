@@ -35,6 +35,7 @@
 //! - [`config`], [`protocol`] and [`clock`] are the leaves everything reads.
 
 pub mod accounts;
+pub mod acme;
 pub mod auth;
 pub mod clock;
 pub mod config;

@@ -9,7 +9,9 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::changes;
-use crate::config::{Config, DirectoryConfig, ListenerConfig, PortalConfig, ScimConfig};
+use crate::config::{
+    AcmeConfig, Config, DirectoryConfig, ListenerConfig, PortalConfig, ScimConfig,
+};
 use crate::gateway::{Gateway, ServeError};
 use crate::imap::warm;
 use crate::net::listener;
@@ -32,6 +34,23 @@ pub struct Bound {
     pub directory: DirectoryConfig,
     /// SCIM provisioning on the portal (`[scim]`).
     pub scim: Option<ScimConfig>,
+    /// `[tls.acme]` and its HTTP-01 responder's socket.
+    pub acme: Option<(AcmeConfig, TcpListener)>,
+}
+
+/// Binds `[tls.acme] http_challenge_bind`, when ACME is configured.
+pub async fn bind_acme(config: &Config) -> Result<Option<(AcmeConfig, TcpListener)>, ServeError> {
+    let Some(acme) = &config.tls.acme else {
+        return Ok(None);
+    };
+    let socket = TcpListener::bind(acme.http_challenge_bind)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "[tls.acme] http_challenge_bind".into(),
+            address: acme.http_challenge_bind,
+            source,
+        })?;
+    Ok(Some((acme.clone(), socket)))
 }
 
 /// Binds every configured listener, the HTTP endpoint and the portal.
@@ -74,6 +93,7 @@ pub async fn bind(config: &Config) -> Result<Bound, ServeError> {
         portal,
         directory: config.directory.clone(),
         scim: config.scim.clone(),
+        acme: bind_acme(config).await?,
     })
 }
 
@@ -87,6 +107,7 @@ pub async fn run(gateway: Arc<Gateway>, bound: Bound, shutdown: impl Future<Outp
         portal,
         directory,
         scim,
+        acme,
     } = bound;
     // Connections (accept loops and sessions) drain within the grace; the services
     // (metrics endpoint, change follower) keep running until the end.
@@ -135,6 +156,20 @@ pub async fn run(gateway: Arc<Gateway>, bound: Bound, shutdown: impl Future<Outp
                 tracing::error!(%error, "http endpoint failed");
             }
         });
+    }
+    if let Some((config, socket)) = acme {
+        let stop = gateway.shutdown.clone().cancelled_owned();
+        let store = gateway.store.clone();
+        services.spawn(async move {
+            if let Err(error) = crate::acme::challenge::serve(socket, store, stop).await {
+                tracing::error!(%error, "the ACME challenge responder failed");
+            }
+        });
+        services.spawn(crate::acme::run(
+            gateway.clone(),
+            config,
+            gateway.shutdown.clone().cancelled_owned(),
+        ));
     }
     let current = gateway.clone();
     services.spawn(warm::keep_ready(

@@ -6,53 +6,11 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+use support::openssl::{s_client, subject};
 use support::postern::{Options, Postern};
 use support::{Dovecot, TestCa};
-
-/// `openssl s_client` against `port` with `args`, saying one IMAP command; its output.
-fn s_client(port: u16, ca: &Path, args: &[&str]) -> String {
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-        .arg("-CAfile")
-        .arg(ca)
-        .args(["-verify_return_error", "-ign_eof"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run openssl s_client");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"a1 LOGOUT\r\n")
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{text}");
-    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
-    assert!(
-        text.contains("* OK"),
-        "the IMAP greeting came through: {text}"
-    );
-    text
-}
-
-/// The leaf's subject line as s_client prints it.
-fn subject(text: &str) -> &str {
-    text.lines()
-        .find(|line| line.starts_with("subject="))
-        .unwrap_or_else(|| panic!("no subject in {text}"))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn key_types_side_by_side_and_names_by_sni() {

@@ -150,7 +150,7 @@ async fn migrate_twice_is_a_noop(db: TestDb) {
         .collect();
     assert_eq!(
         versions,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9],
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
         "each migration, applied once"
     );
     pool.close().await;

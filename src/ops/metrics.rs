@@ -54,12 +54,24 @@ pub struct Metrics {
     /// Penalty and quota operations the shared store could not serve, counted in this
     /// instance's memory instead, by limit (`penalty`, `quota`).
     pub shared_limits_fallbacks: IntCounterVec,
+    /// ACME orders, by result (`obtained`, `failed`).
+    pub acme_orders: IntCounterVec,
+    /// When the ACME certificate being served expires (unix seconds).
+    pub acme_certificate_not_after: IntGauge,
     pub build_info: IntGaugeVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels)
         .expect("metric name and labels are valid constants"); // Unwrap: constant, tested
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("each metric is registered once"); // Unwrap: constant, tested
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("valid gauge name"); // Unwrap: constant
     registry
         .register(Box::new(metric.clone()))
         .expect("each metric is registered once"); // Unwrap: constant, tested
@@ -259,6 +271,17 @@ impl Metrics {
                  instance's memory instead, by limit.",
                 &["limit"],
             ),
+            acme_orders: counter_vec(
+                r,
+                "postern_acme_orders_total",
+                "ACME certificate orders by this instance, by result: obtained, failed.",
+                &["result"],
+            ),
+            acme_certificate_not_after: gauge(
+                r,
+                "postern_acme_certificate_not_after_seconds",
+                "When the ACME certificate being served expires, in unix seconds (0: none yet).",
+            ),
             build_info,
             registry,
         };
@@ -326,6 +349,9 @@ impl Metrics {
             "upstream_failed",
         ] {
             self.smtp_messages.with_label_values(&[result]);
+        }
+        for result in ["obtained", "failed"] {
+            self.acme_orders.with_label_values(&[result]);
         }
         for limit in ["penalty", "quota"] {
             self.shared_limits_fallbacks.with_label_values(&[limit]);

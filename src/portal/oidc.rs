@@ -37,15 +37,8 @@ pub const SOURCE: &str = "oidc";
 
 /// The provider's HTTP client: TLS verified (system roots or `ca_file`), no redirects.
 pub fn http_client(config: &OidcConfig) -> Result<reqwest::Client, String> {
-    let tls = crate::tls::client_config(config.ca_file.as_deref(), &[])
-        .map_err(|error| format!("[portal.oidc] TLS: {error}"))?;
-    reqwest::Client::builder()
-        .use_preconfigured_tls((*tls).clone())
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(config.timeout)
-        .timeout(config.timeout)
-        .build()
-        .map_err(|error| format!("[portal.oidc]: {error}"))
+    crate::tls::https_client(config.ca_file.as_deref(), config.timeout)
+        .map_err(|error| format!("[portal.oidc] TLS: {error}"))
 }
 
 /// What went wrong with a sign-in: the provider unreachable (try later), or a sign-in

@@ -66,6 +66,11 @@ const SQLITE: &[Embedded] = &[
         "shared limits",
         include_str!("../../migrations/sqlite/0009_shared_limits.sql"),
     ),
+    (
+        10,
+        "certificates",
+        include_str!("../../migrations/sqlite/0010_certificates.sql"),
+    ),
 ];
 
 const POSTGRES: &[Embedded] = &[
@@ -113,6 +118,11 @@ const POSTGRES: &[Embedded] = &[
         9,
         "shared limits",
         include_str!("../../migrations/postgres/0009_shared_limits.sql"),
+    ),
+    (
+        10,
+        "certificates",
+        include_str!("../../migrations/postgres/0010_certificates.sql"),
     ),
 ];
 

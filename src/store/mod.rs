@@ -15,6 +15,7 @@
 
 mod app_passwords;
 mod audit;
+mod certificates;
 mod changes;
 mod directory;
 mod limits;
@@ -39,6 +40,7 @@ pub use model::{
     UnknownScope, User,
 };
 
+pub use certificates::{OrderLock, StoredCertificate, CERTIFICATE_CHANNEL};
 pub use changes::ChangeSignal;
 pub use directory::DirectoryUser;
 pub use limits::{PenaltyCount, SentLastHour, PENALTY_CHANNEL};

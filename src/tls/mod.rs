@@ -34,6 +34,8 @@ pub enum TlsError {
     Mismatch(String, rustls::Error),
     #[error("the TLS library refuses the configuration: {0}")]
     Provider(rustls::Error),
+    #[error("cannot build the HTTPS client: {0}")]
+    Http(String),
     #[error("cannot generate the development certificate: {0}")]
     Generate(String),
     #[error("cannot write {path}: {source}")]
@@ -89,7 +91,48 @@ fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsErro
 
 /// The configuration mail clients handshake with: TLS 1.2 and 1.3, no client certificates.
 pub fn server_config(config: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(config, None)
+}
+
+/// A certificate obtained at run time (ACME), served before the configured ones.
+pub struct Issued {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Issued {
+    /// Reads a PEM chain and key.
+    pub fn from_pem(chain: &str, key: &str) -> Result<Issued, TlsError> {
+        let pem_error = |source| TlsError::Certificates {
+            path: "the issued certificate".into(),
+            source,
+        };
+        let chain = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem_error)?;
+        if chain.is_empty() {
+            return Err(TlsError::NoCertificate {
+                path: "the issued certificate".into(),
+            });
+        }
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(pem_error)?;
+        Ok(Issued { chain, key })
+    }
+}
+
+/// Like [`server_config`], with `issued` served first (the default) when there is one.
+pub fn server_config_with(
+    config: &TlsConfig,
+    issued: Option<&Issued>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let mut pairs = Vec::new();
+    if let Some(issued) = issued {
+        pairs.push((
+            "the ACME certificate".to_string(),
+            issued.chain.clone(),
+            issued.key.clone_key(),
+        ));
+    }
     for (cert, key) in std::iter::once((&config.cert, &config.key)).chain(
         config
             .certificates
@@ -114,6 +157,24 @@ pub fn server_config_for(certificates: Certificates) -> Result<Arc<ServerConfig>
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(certificates));
     Ok(Arc::new(server))
+}
+
+/// An HTTPS client for postern's own requests (token endpoints, OpenID discovery, ACME):
+/// verified against the system roots or `ca_file`, no redirects, `timeout` for each
+/// request.
+pub fn https_client(
+    ca_file: Option<&Path>,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, TlsError> {
+    let tls = client_config(ca_file, &[])?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .user_agent(concat!("postern/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|error| TlsError::Http(error.to_string()))
 }
 
 /// The configuration for connections to an upstream: trusted are the CAs in `ca_file`
@@ -181,6 +242,7 @@ mod tests {
             cert: dir.path().join("certs/postern.crt"),
             key: dir.path().join("certs/postern.key"),
             certificates: Vec::new(),
+            acme: None,
         };
         assert!(ensure_development_certificate(&config).unwrap());
         let first = std::fs::read(&config.cert).unwrap();
@@ -198,6 +260,7 @@ mod tests {
             cert: dir.path().join("c.pem"),
             key: dir.path().join("k.pem"),
             certificates: Vec::new(),
+            acme: None,
         };
         ensure_development_certificate(&config).unwrap();
         std::fs::remove_file(&config.key).unwrap();

@@ -18,6 +18,8 @@ pub mod haproxy;
 pub mod imap_client;
 pub mod ldap;
 pub mod oauth;
+pub mod openssl;
+pub mod pebble;
 pub mod postern;
 pub mod postgres;
 pub mod smtp_client;

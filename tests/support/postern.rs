@@ -224,6 +224,9 @@ impl Postern {
             portal,
             directory: config.directory.clone(),
             scim: config.scim.clone(),
+            acme: server::bind_acme(&config)
+                .await
+                .expect("bind the ACME responder"),
         };
         let task = tokio::spawn(server::run(gateway.clone(), bound, async {
             let _ = stopped.await;
