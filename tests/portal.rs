@@ -23,9 +23,17 @@ async fn setup() -> (Dovecot, Postern) {
     let dovecot = Dovecot::start();
     dovecot.add_user("alice", PRIMARY_PASSWORD);
     remember_secrets([PRIMARY_PASSWORD.to_string()]);
-    let postern = Postern::start_with(
-        &dovecot,
+    let postern = with_portal(&dovecot, None).await;
+    postern.add_user("alice@example.test", "alice").await;
+    (dovecot, postern)
+}
+
+/// postern with the portal on `store_url` (SQLite in its temp dir when `None`).
+async fn with_portal(dovecot: &Dovecot, store_url: Option<String>) -> Postern {
+    Postern::start_with(
+        dovecot,
         Options {
+            store_url,
             extra_config: "[portal]\nbind = \"127.0.0.1:0\"\n\
                            [portal.client_settings]\nimap = \"mail.example.test:993\"\n\
                            smtp = \"mail.example.test:465\"\n"
@@ -33,9 +41,7 @@ async fn setup() -> (Dovecot, Postern) {
             ..Options::default()
         },
     )
-    .await;
-    postern.add_user("alice@example.test", "alice").await;
-    (dovecot, postern)
+    .await
 }
 
 fn base_url(postern: &Postern) -> String {
@@ -476,6 +482,11 @@ impl<'p> SignedIn<'p> {
         self.jar.path().to_str().unwrap()
     }
 
+    /// Sends the next requests to another instance, as a load balancer may.
+    fn through(&mut self, postern: &'p Postern) {
+        self.postern = postern;
+    }
+
     fn get(&self, path: &str) -> (u16, String) {
         curl(self.postern, &["-c", self.jar(), "-b", self.jar()], path)
     }
@@ -778,4 +789,50 @@ async fn changes_are_mailed_to_the_user() {
     assert!(audit.contains("mfa_added"), "{audit}");
     assert!(audit.contains("method=totp"), "{audit}");
     postern.stop().await;
+}
+
+/// Two instances on one PostgreSQL: a browser signed in on one goes on, with the same
+/// session and form token, on the other (the session, the sign-in's recency and the
+/// second factor are in the store); a device link made on one is taken on the other, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_moves_between_instances() {
+    let postgres = support::Postgres::start();
+    let url = postgres.create_database("portal");
+    let dovecot = Dovecot::start();
+    dovecot.add_user("alice", PRIMARY_PASSWORD);
+    remember_secrets([PRIMARY_PASSWORD.to_string()]);
+    let first = with_portal(&dovecot, Some(url.clone())).await;
+    let second = with_portal(&dovecot, Some(url)).await;
+    first.add_user("alice@example.test", "alice").await;
+
+    let mut browser = SignedIn::new(&first);
+    browser.through(&second);
+    let (status, list) = browser.get("/app-passwords");
+    assert_eq!(status, 200, "{list}");
+    assert!(
+        list.contains("name=\"csrf\""),
+        "signed in on the other instance: {list}"
+    );
+    let page = browser.create("iPhone");
+    let shown = element(&page, "new-app-password").expect("created on the other instance");
+    remember_secrets([shown]);
+    let link = page
+        .split("id=\"profile\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a profile link")
+        .to_string();
+    let path = format!("/device/{}", link.split_once("/device/").unwrap().1);
+
+    browser.through(&first);
+    let (status, _) = browser.get(&path);
+    assert_eq!(
+        status, 200,
+        "the link made on the second instance works on the first"
+    );
+    browser.through(&second);
+    let (status, _) = browser.get(&path);
+    assert_ne!(status, 200, "and only once, wherever it is tried again");
+    first.stop().await;
+    second.stop().await;
 }
