@@ -707,12 +707,30 @@ pub struct AcmeConfig {
     pub contact: Option<String>,
     /// Trust for the ACME server itself (a private CA); the system's roots otherwise.
     pub ca_file: Option<PathBuf>,
-    /// Where HTTP-01 challenges are answered: the CA asks port 80 of each domain, so this
-    /// is port 80 or where the load balancer sends it.
-    pub http_challenge_bind: SocketAddr,
+    /// How the CA checks that postern answers for the domains.
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+    /// Where HTTP-01 challenges are answered (`challenge = "http-01"`): the CA asks port
+    /// 80 of each domain, so this is port 80 or where the load balancer sends it.
+    pub http_challenge_bind: Option<SocketAddr>,
     /// How long to wait after a failed order before trying again.
     #[serde(default = "default_acme_retry", with = "duration")]
     pub retry_after: Duration,
+}
+
+/// The ACME challenge postern answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AcmeChallenge {
+    /// RFC 8737: the CA connects to port 443 of the domain with ALPN `acme-tls/1`; any of
+    /// postern's TLS ports (the portal's, a listener's) answers, as the port 443 the CA
+    /// reaches.
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// RFC 8555 8.3: the CA fetches `http://domain/.well-known/acme-challenge/...` on port
+    /// 80, answered on `http_challenge_bind`.
+    #[serde(rename = "http-01")]
+    Http01,
 }
 
 fn default_acme_retry() -> Duration {
@@ -733,6 +751,16 @@ impl AcmeConfig {
             if rustls::pki_types::ServerName::try_from(domain.clone()).is_err() {
                 problems.push(format!("[tls.acme] domains: {domain:?} is not a DNS name"));
             }
+        }
+        match (self.challenge, self.http_challenge_bind) {
+            (AcmeChallenge::Http01, None) => problems.push(
+                "[tls.acme] challenge = \"http-01\" needs http_challenge_bind (where port 80 arrives)"
+                    .to_string(),
+            ),
+            (AcmeChallenge::TlsAlpn01, Some(_)) => problems.push(
+                "[tls.acme] http_challenge_bind is only for challenge = \"http-01\"".to_string(),
+            ),
+            _ => {}
         }
         if !self.directory_url.starts_with("https://") {
             problems.push("[tls.acme] directory_url must be an https:// URL".to_string());

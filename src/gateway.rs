@@ -62,6 +62,12 @@ pub struct Gateway {
     /// `[tls]` as configured now, and the certificate ACME obtained, if any: what
     /// `server_tls` is built from.
     tls: RwLock<(crate::config::TlsConfig, Option<Arc<tls::Issued>>)>,
+    /// TLS-ALPN-01 challenges of ACME orders under way, and the configuration a CA's
+    /// validation handshakes with (`[tls.acme] challenge = "tls-alpn-01"`).
+    pub alpn_challenges: Option<(
+        Arc<tls::alpn_challenge::Challenges>,
+        Arc<rustls::ServerConfig>,
+    )>,
     pub verifier: Verifier,
     /// Login penalties, shared by the verifier and the portal's sign-in.
     pub penalties: Arc<dyn Penalties>,
@@ -111,6 +117,14 @@ impl Gateway {
             );
         }
         let server_tls = tls::server_config(&config.tls)?;
+        let alpn_challenges = match &config.tls.acme {
+            Some(acme) if acme.challenge == crate::config::AcmeChallenge::TlsAlpn01 => {
+                let challenges = Arc::new(tls::alpn_challenge::Challenges::default());
+                let config = tls::alpn_challenge::challenge_config(challenges.clone())?;
+                Some((challenges, config))
+            }
+            _ => None,
+        };
         let metrics = Metrics::new();
         let hasher = password_hasher(config)?.with_histogram(metrics.password_hash_seconds.clone());
         let audit = AuditWriter::start(store.clone(), &metrics, config.store.audit_queue);
@@ -158,6 +172,7 @@ impl Gateway {
             smtp_capabilities: CapabilityCache::new(config.smtp.capabilities_refresh),
             server_tls: RwLock::new(server_tls),
             tls: RwLock::new((config.tls.clone(), None)),
+            alpn_challenges,
             verifier,
             penalties,
             max_app_passwords: config.auth.max_app_passwords,
@@ -215,11 +230,20 @@ impl Gateway {
     /// The TLS handshake with a client, under the configured timeout; interrupted by
     /// shutdown. The error names what went wrong, for the connection's log line.
     pub async fn accept_tls(&self, tcp: TcpStream) -> Result<Stream, &'static str> {
-        let config = read(&self.server_tls).clone();
-        let accept = tokio::time::timeout(
-            self.limits.tls_handshake_timeout,
-            ServerTls::accept(config, tcp),
-        );
+        let handshake = async {
+            // A CA validating TLS-ALPN-01 gets the challenge, and nothing more.
+            if let Some((_, challenge)) = &self.alpn_challenges {
+                if tls::alpn_challenge::offers_acme_alpn(&tcp).await {
+                    return match ServerTls::accept(challenge.clone(), tcp).await {
+                        Ok(_) => Err(std::io::Error::other("TLS-ALPN-01 validation answered")),
+                        Err(error) => Err(error),
+                    };
+                }
+            }
+            let config = read(&self.server_tls).clone();
+            ServerTls::accept(config, tcp).await
+        };
+        let accept = tokio::time::timeout(self.limits.tls_handshake_timeout, handshake);
         let result = tokio::select! {
             result = accept => result,
             () = self.drain.cancelled() => return Err("shutdown during TLS handshake"),

@@ -34,22 +34,31 @@ pub struct Bound {
     pub directory: DirectoryConfig,
     /// SCIM provisioning on the portal (`[scim]`).
     pub scim: Option<ScimConfig>,
-    /// `[tls.acme]` and its HTTP-01 responder's socket.
-    pub acme: Option<(AcmeConfig, TcpListener)>,
+    /// `[tls.acme]` and its HTTP-01 responder's socket (with `challenge = "http-01"`).
+    pub acme: Option<(AcmeConfig, Option<TcpListener>)>,
 }
 
 /// Binds `[tls.acme] http_challenge_bind`, when ACME is configured.
-pub async fn bind_acme(config: &Config) -> Result<Option<(AcmeConfig, TcpListener)>, ServeError> {
+pub async fn bind_acme(
+    config: &Config,
+) -> Result<Option<(AcmeConfig, Option<TcpListener>)>, ServeError> {
     let Some(acme) = &config.tls.acme else {
         return Ok(None);
     };
-    let socket = TcpListener::bind(acme.http_challenge_bind)
-        .await
-        .map_err(|source| ServeError::Bind {
-            what: "[tls.acme] http_challenge_bind".into(),
-            address: acme.http_challenge_bind,
-            source,
-        })?;
+    let socket = match acme.http_challenge_bind {
+        Some(address) => {
+            Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        what: "[tls.acme] http_challenge_bind".into(),
+                        address,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
     Ok(Some((acme.clone(), socket)))
 }
 
@@ -158,13 +167,15 @@ pub async fn run(gateway: Arc<Gateway>, bound: Bound, shutdown: impl Future<Outp
         });
     }
     if let Some((config, socket)) = acme {
-        let stop = gateway.shutdown.clone().cancelled_owned();
-        let store = gateway.store.clone();
-        services.spawn(async move {
-            if let Err(error) = crate::acme::challenge::serve(socket, store, stop).await {
-                tracing::error!(%error, "the ACME challenge responder failed");
-            }
-        });
+        if let Some(socket) = socket {
+            let stop = gateway.shutdown.clone().cancelled_owned();
+            let store = gateway.store.clone();
+            services.spawn(async move {
+                if let Err(error) = crate::acme::challenge::serve(socket, store, stop).await {
+                    tracing::error!(%error, "the ACME challenge responder failed");
+                }
+            });
+        }
         services.spawn(crate::acme::run(
             gateway.clone(),
             config,

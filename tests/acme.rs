@@ -2,8 +2,10 @@
 //! root: the first certificate obtained over HTTP-01, served and verified by
 //! `openssl s_client` trusting pebble's root; renewed by itself a third of its (short)
 //! lifetime before expiry and swapped in live; pebble gone at the next renewal keeps the
-//! current certificate and logs it. Two instances on one PostgreSQL share one order: one
-//! orders (the challenge answered by the other, from the store), both serve the result.
+//! current certificate and logs it. TLS-ALPN-01 answered on the IMAP port itself, while
+//! an ordinary client on that port still gets its session. Two instances on one PostgreSQL
+//! share one order: one orders (the challenge answered by the other, from the store), both
+//! serve the result.
 
 mod support;
 
@@ -16,11 +18,18 @@ use support::{free_port, Dovecot, Postgres};
 
 const DOMAIN: &str = "mail.example.test";
 
-fn acme_config(pebble: &Pebble, http_port: u16) -> String {
+/// `[tls.acme]` for pebble: HTTP-01 answered on `http_port`, or TLS-ALPN-01 when `None`.
+fn acme_config(pebble: &Pebble, http_port: Option<u16>) -> String {
+    let challenge = match http_port {
+        Some(port) => {
+            format!("challenge = \"http-01\"\nhttp_challenge_bind = \"127.0.0.1:{port}\"\n")
+        }
+        None => "challenge = \"tls-alpn-01\"\n".to_string(),
+    };
     format!(
         "[tls.acme]\ndirectory_url = \"{}\"\ndomains = [\"{DOMAIN}\"]\n\
          contact = \"mailto:postmaster@example.test\"\nca_file = \"{}\"\n\
-         http_challenge_bind = \"127.0.0.1:{http_port}\"\nretry_after = \"1s\"\n",
+         {challenge}retry_after = \"1s\"\n",
         pebble.directory_url,
         pebble.ca_path.display()
     )
@@ -32,7 +41,8 @@ async fn until_metric(postern: &Postern, series: &str, at_least: f64) {
     while metric(&postern.metrics(), series) < at_least {
         assert!(
             Instant::now() < deadline,
-            "{series} never reached {at_least}"
+            "{series} never reached {at_least}: {:?}",
+            logged_lines("acme")
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -53,10 +63,10 @@ fn served(postern: &Postern, root: &std::path::Path) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_obtained_renewed_and_kept_when_the_ca_is_gone() {
     let http_port = free_port();
-    let mut pebble = Pebble::start(http_port, 15);
+    let mut pebble = Pebble::start(http_port, free_port(), 15);
     let dovecot = Dovecot::start();
     let options = Options {
-        extra_config: acme_config(&pebble, http_port),
+        extra_config: acme_config(&pebble, Some(http_port)),
         ..Options::default()
     };
     let postern = Postern::start_with(&dovecot, options).await;
@@ -87,14 +97,14 @@ async fn two_instances_share_one_order() {
     let postgres = Postgres::start();
     let url = postgres.create_database("acme");
     let http_port = free_port();
-    let pebble = Pebble::start(http_port, 3600);
+    let pebble = Pebble::start(http_port, free_port(), 3600);
     let dovecot = Dovecot::start();
     // Only the first instance is where pebble checks the challenge; whichever orders.
     let first = Postern::start_with(
         &dovecot,
         Options {
             store_url: Some(url.clone()),
-            extra_config: acme_config(&pebble, http_port),
+            extra_config: acme_config(&pebble, Some(http_port)),
             ..Options::default()
         },
     )
@@ -103,7 +113,7 @@ async fn two_instances_share_one_order() {
         &dovecot,
         Options {
             store_url: Some(url.clone()),
-            extra_config: acme_config(&pebble, free_port()),
+            extra_config: acme_config(&pebble, Some(free_port())),
             ..Options::default()
         },
     )
@@ -135,4 +145,39 @@ async fn two_instances_share_one_order() {
     assert_eq!(rows.trim(), "1");
     first.stop().await;
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_alpn_01_on_the_mail_port() {
+    let imaps = free_port();
+    let pebble = Pebble::start(free_port(), imaps, 3600);
+    let dovecot = Dovecot::start();
+    let ports = [imaps, free_port(), free_port(), free_port()];
+    let options = Options {
+        listener_ports: Some(ports),
+        extra_config: acme_config(&pebble, None),
+        ..Options::default()
+    };
+    let postern = Postern::start_with(&dovecot, options).await;
+    until_metric(&postern, OBTAINED, 1.0).await;
+    let root = postern.dir.path().join("pebble-root.pem");
+    std::fs::write(&root, pebble.root()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(
+        &postern.metrics(),
+        "postern_acme_certificate_not_after_seconds",
+    ) == 0.0
+    {
+        assert!(Instant::now() < deadline, "the certificate is not served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The port served the challenge to pebble and serves mail clients as before.
+    let session = s_client(imaps, &root, &["-servername", DOMAIN]);
+    assert!(session.contains("* OK"), "{session}");
+    let offering_alpn = s_client(imaps, &root, &["-servername", DOMAIN, "-alpn", "imap,h2"]);
+    assert!(
+        offering_alpn.contains("No ALPN negotiated"),
+        "{offering_alpn}"
+    );
+    postern.stop().await;
 }

@@ -1,7 +1,9 @@
 //! Certificates from an ACME CA (RFC 8555), obtained and renewed by postern itself with
 //! instant-acme: an account kept in the store, an order per set of `[tls.acme] domains`,
-//! HTTP-01 challenges answered by every instance from the store ([`challenge`]), and the
-//! certificate kept in the store and served by every instance, swapped in live.
+//! TLS-ALPN-01 challenges answered on postern's TLS ports by the ordering instance
+//! (`crate::tls::alpn_challenge`) or HTTP-01 challenges answered by every instance from the
+//! store ([`challenge`]), and the certificate kept in the store and served by every
+//! instance, swapped in live.
 //!
 //! A certificate is renewed a third of its lifetime before it expires (a 90-day one 30
 //! days ahead). With PostgreSQL one instance orders at a time (an advisory lock); the
@@ -25,6 +27,7 @@ use crate::clock::now;
 use crate::config::AcmeConfig;
 use crate::gateway::Gateway;
 use crate::store::{Store, StoreError, StoredCertificate};
+use crate::tls::alpn_challenge::Challenges;
 use crate::tls::{self, Issued, TlsError};
 
 /// How long one request to the CA may take.
@@ -138,7 +141,15 @@ async fn order_once(
     let result = if fresh.as_ref().is_some_and(|c| renewal_time(c) > now()) {
         Ok(false)
     } else {
-        match order(config, store).await {
+        let alpn = gateway
+            .alpn_challenges
+            .as_ref()
+            .map(|(challenges, _)| &**challenges);
+        let ordered = order(config, store, alpn).await;
+        if let Some(challenges) = alpn {
+            challenges.clear();
+        }
+        match ordered {
             Ok(certificate) => {
                 store.put_certificate(&config.name(), &certificate).await?;
                 gateway
@@ -159,8 +170,13 @@ async fn order_once(
     result
 }
 
-/// One order, from the account to the issued chain.
-async fn order(config: &AcmeConfig, store: &Store) -> Result<StoredCertificate, AcmeError> {
+/// One order, from the account to the issued chain. The challenges are answered on the
+/// TLS ports when `alpn` is given (TLS-ALPN-01), else through the store (HTTP-01).
+async fn order(
+    config: &AcmeConfig,
+    store: &Store,
+    alpn: Option<&Challenges>,
+) -> Result<StoredCertificate, AcmeError> {
     let account = account(config, store).await?;
     let identifiers: Vec<Identifier> = config
         .domains
@@ -176,13 +192,26 @@ async fn order(config: &AcmeConfig, store: &Store) -> Result<StoredCertificate, 
             AuthorizationStatus::Valid => continue,
             other => return Err(AcmeError::Refused(format!("an authorization is {other:?}"))),
         }
+        let (kind, name) = match alpn {
+            Some(_) => (ChallengeType::TlsAlpn01, "tls-alpn-01"),
+            None => (ChallengeType::Http01, "http-01"),
+        };
+        let domain = match &authorization.identifier().identifier {
+            Identifier::Dns(domain) => domain.clone(),
+            other => return Err(AcmeError::Refused(format!("an identifier {other:?}"))),
+        };
         let mut challenge = authorization
-            .challenge(ChallengeType::Http01)
-            .ok_or_else(|| AcmeError::Refused("no http-01 challenge offered".into()))?;
+            .challenge(kind)
+            .ok_or_else(|| AcmeError::Refused(format!("no {name} challenge offered")))?;
         let key_authorization = challenge.key_authorization();
-        store
-            .put_acme_challenge(&challenge.token, key_authorization.as_str(), now())
-            .await?;
+        match alpn {
+            Some(challenges) => challenges.add(&domain, key_authorization.digest().as_ref())?,
+            None => {
+                store
+                    .put_acme_challenge(&challenge.token, key_authorization.as_str(), now())
+                    .await?
+            }
+        }
         challenge.set_ready().await?;
     }
     let retries = RetryPolicy::new().timeout(ORDER_TIMEOUT);

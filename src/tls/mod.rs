@@ -1,6 +1,7 @@
 //! rustls configurations, built once at start and shared by `Arc`: the server side that
 //! mail clients see, and the client side postern uses towards the upstream.
 
+pub mod alpn_challenge;
 pub mod certificates;
 pub mod stream;
 pub mod trust;

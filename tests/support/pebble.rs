@@ -1,7 +1,8 @@
 //! A private pebble (Let's Encrypt's ACME test server, Debian's package) with its own
 //! fake DNS (pebble-challtestsrv answering every name with 127.0.0.1), started from a
 //! generated config in a temp dir and stopped on Drop. It validates HTTP-01 challenges on
-//! the loopback port given, and issues certificates valid for the seconds given.
+//! the loopback port given (TLS-ALPN-01 on another), and issues certificates valid for
+//! the seconds given.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,8 +25,9 @@ pub struct Pebble {
 
 impl Pebble {
     /// Starts the fake DNS and pebble, which checks HTTP-01 challenges on port
-    /// `http_port` and issues certificates valid for `validity_seconds`.
-    pub fn start(http_port: u16, validity_seconds: u64) -> Pebble {
+    /// `http_port`, TLS-ALPN-01 ones on `tls_port`, and issues certificates valid for
+    /// `validity_seconds`.
+    pub fn start(http_port: u16, tls_port: u16, validity_seconds: u64) -> Pebble {
         let dir = tempfile::Builder::new()
             .prefix("postern-pebble-")
             .tempdir()
@@ -41,7 +43,7 @@ impl Pebble {
                 "certificate": cert,
                 "privateKey": key,
                 "httpPort": http_port,
-                "tlsPort": free_port(),
+                "tlsPort": tls_port,
                 "ocspResponderURL": "",
                 "externalAccountBindingRequired": false,
                 "certificateValidityPeriod": validity_seconds,
