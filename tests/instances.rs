@@ -138,14 +138,26 @@ impl Deployment {
         login: &str,
         password: &str,
     ) -> (ImapClient, String) {
-        let from: IpAddr = from.parse().unwrap();
-        let (mut client, greeting) =
-            ImapClient::connect_tls_from(from, self.haproxy.frontends[frontend], &self.trust).await;
-        assert!(greeting.starts_with("* OK"), "{greeting}");
-        let reply = client
-            .command("a1", &format!("LOGIN {login} \"{password}\""))
-            .await;
-        (client, reply.last().cloned().unwrap_or_default())
+        imap_login(
+            self.haproxy.frontends[frontend],
+            &self.trust,
+            from,
+            login,
+            password,
+        )
+        .await
+    }
+
+    /// The same, in a task of its own: its tagged reply, when it comes.
+    fn login_in_background(
+        &self,
+        frontend: usize,
+        from: &'static str,
+        login: &'static str,
+        password: &'static str,
+    ) -> tokio::task::JoinHandle<String> {
+        let (address, trust) = (self.haproxy.frontends[frontend], self.trust.clone());
+        tokio::spawn(async move { imap_login(address, &trust, from, login, password).await.1 })
     }
 
     /// The failures the store counts for a penalty key (`l:login`, `a:address`).
@@ -199,17 +211,7 @@ async fn guesses_spread_over_three_instances_earn_the_penalty_of_one() {
 
     // One login: the first guess lands on instance X and is answered after 2 s; meanwhile
     // the right password, on instance Y, is held back by X's penalty.
-    let first = tokio::spawn({
-        let (frontend, trust) = (gateway.haproxy.frontends[LOGINS], gateway.trust.clone());
-        async move {
-            let (mut client, _) =
-                ImapClient::connect_tls_from("127.0.0.11".parse().unwrap(), frontend, &trust).await;
-            let reply = client
-                .command("a1", &format!("LOGIN alice@example.test \"{}\"", WRONG[0]))
-                .await;
-            reply.last().cloned().unwrap_or_default()
-        }
-    });
+    let first = gateway.login_in_background(LOGINS, "127.0.0.11", "alice@example.test", WRONG[0]);
     gateway.until_failures("l:alice@example.test", "1").await;
     let (_, held) = gateway
         .login(LOGINS, "127.0.0.12", "alice@example.test", &alice)
@@ -256,20 +258,8 @@ async fn guesses_spread_over_three_instances_earn_the_penalty_of_one() {
 
     // One address: a guess for one login holds back another login from that address on
     // another instance, and the next guess, for a third login, is the address's second.
-    let first = tokio::spawn({
-        let (frontend, trust) = (gateway.haproxy.frontends[ADDRESSES], gateway.trust.clone());
-        async move {
-            let (mut client, _) =
-                ImapClient::connect_tls_from("127.0.0.21".parse().unwrap(), frontend, &trust).await;
-            let reply = client
-                .command(
-                    "a1",
-                    &format!("LOGIN mallory@example.test \"{}\"", WRONG[0]),
-                )
-                .await;
-            reply.last().cloned().unwrap_or_default()
-        }
-    });
+    let first =
+        gateway.login_in_background(ADDRESSES, "127.0.0.21", "mallory@example.test", WRONG[0]);
     gateway.until_failures("a:127.0.0.21", "1").await;
     let (_, held) = gateway
         .login(ADDRESSES, "127.0.0.21", "bob@example.test", &bob)
@@ -397,4 +387,22 @@ async fn idling_on_each(gateway: &Deployment, password: &str) -> Vec<ImapClient>
         }
     }
     sessions
+}
+
+/// An IMAP LOGIN at `address` from `from`, trusting `trust`: the session and the tagged
+/// reply.
+async fn imap_login(
+    address: std::net::SocketAddr,
+    trust: &std::path::Path,
+    from: &str,
+    login: &str,
+    password: &str,
+) -> (ImapClient, String) {
+    let from: IpAddr = from.parse().unwrap();
+    let (mut client, greeting) = ImapClient::connect_tls_from(from, address, trust).await;
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    let reply = client
+        .command("a1", &format!("LOGIN {login} \"{password}\""))
+        .await;
+    (client, reply.last().cloned().unwrap_or_default())
 }
