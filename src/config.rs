@@ -841,6 +841,7 @@ fn default_max_connections() -> usize {
 pub struct Upstreams {
     pub imap: Option<UpstreamConfig>,
     pub smtp: Option<UpstreamConfig>,
+    pub pop3: Option<UpstreamConfig>,
 }
 
 /// How postern reaches the upstream server.
@@ -1192,6 +1193,7 @@ impl Config {
             let upstream = match listener.protocol {
                 Protocol::Imap => &self.upstream.imap,
                 Protocol::Smtp => &self.upstream.smtp,
+                Protocol::Pop3 => &self.upstream.pop3,
             };
             if upstream.is_none() {
                 problems.push(format!(

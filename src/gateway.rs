@@ -82,6 +82,7 @@ pub struct Gateway {
     /// IMAP upstream connections greeted ahead of logins.
     pub imap_warm: Arc<WarmConnections>,
     smtp_upstream: RwLock<Option<Arc<Upstream>>>,
+    pop3_upstream: RwLock<Option<Arc<Upstream>>>,
     pub smtp: SmtpConfig,
     /// Trusted networks, PROXY header sources, per-address caps.
     pub network: NetworkConfig,
@@ -157,10 +158,11 @@ impl Gateway {
             },
         )
         .await?;
-        let (imap_upstream, smtp_upstream) = upstreams(config, &metrics)?;
+        let (imap_upstream, smtp_upstream, pop3_upstream) = upstreams(config, &metrics)?;
         Ok(Arc::new(Gateway {
             limits: config.limits.clone(),
             smtp_upstream: RwLock::new(smtp_upstream),
+            pop3_upstream: RwLock::new(pop3_upstream),
             smtp: config.smtp.clone(),
             network: config.network.clone(),
             connection_caps: AddressCaps::new(
@@ -201,6 +203,11 @@ impl Gateway {
         read(&self.smtp_upstream).clone()
     }
 
+    /// The POP3 upstream as configured now.
+    pub fn pop3_upstream(&self) -> Option<Arc<Upstream>> {
+        read(&self.pop3_upstream).clone()
+    }
+
     /// Applies what can change without a restart (SIGHUP): the certificate and key, and
     /// the upstream sections (address, TLS, CA, login mode, master user, timeouts). New
     /// connections and logins use them; established sessions keep what they have. All or
@@ -208,11 +215,12 @@ impl Gateway {
     pub async fn reload(&self, config: &Config) -> Result<(), ServeError> {
         let issued = read(&self.tls).1.clone();
         let server_tls = tls::server_config_with(&config.tls, issued.as_deref())?;
-        let (imap, smtp) = upstreams(config, &self.metrics)?;
+        let (imap, smtp, pop3) = upstreams(config, &self.metrics)?;
         *write(&self.tls) = (config.tls.clone(), issued);
         *write(&self.server_tls) = server_tls;
         *write(&self.imap_upstream) = imap;
         *write(&self.smtp_upstream) = smtp;
+        *write(&self.pop3_upstream) = pop3;
         self.smtp_capabilities.forget().await;
         Ok(())
     }
@@ -267,7 +275,11 @@ impl Gateway {
 }
 
 /// The configured upstreams, if any: (IMAP, SMTP).
-type Upstreams = (Option<Arc<Upstream>>, Option<Arc<Upstream>>);
+type Upstreams = (
+    Option<Arc<Upstream>>,
+    Option<Arc<Upstream>>,
+    Option<Arc<Upstream>>,
+);
 
 /// The upstreams, sharing one token cache when `[oauth2.*]` providers are configured (a
 /// reload starts it afresh: each provider is asked once more).
@@ -287,6 +299,7 @@ fn upstreams(config: &Config, metrics: &Arc<Metrics>) -> Result<Upstreams, Serve
     Ok((
         build(&config.upstream.imap, "imap")?,
         build(&config.upstream.smtp, "smtp")?,
+        build(&config.upstream.pop3, "pop3")?,
     ))
 }
 

@@ -46,6 +46,7 @@ pub mod limits;
 pub mod net;
 pub mod oauth2;
 pub mod ops;
+pub mod pop3;
 pub mod portal;
 pub mod protocol;
 pub mod sasl;

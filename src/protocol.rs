@@ -8,6 +8,7 @@ use serde::Deserialize;
 pub enum Protocol {
     Imap,
     Smtp,
+    Pop3,
 }
 
 impl Protocol {
@@ -16,6 +17,7 @@ impl Protocol {
         match self {
             Protocol::Imap => "imap",
             Protocol::Smtp => "smtp",
+            Protocol::Pop3 => "pop3",
         }
     }
 }

@@ -129,7 +129,7 @@ fn usage_errors_exit_with_2() {
             "--name",
             "n",
             "--scopes",
-            "pop3"
+            "jmap"
         ])
         .status
         .code(),

@@ -356,6 +356,7 @@ fn in_scope(grant: Arc<Grant>, protocol: Protocol) -> Verdict {
     let wanted = match protocol {
         Protocol::Imap => Scope::Imap,
         Protocol::Smtp => Scope::Smtp,
+        Protocol::Pop3 => Scope::Pop3,
     };
     if grant.scopes.contains(&wanted) {
         Verdict::Granted(grant)

@@ -18,6 +18,7 @@ use crate::gateway::Gateway;
 use crate::imap::session::ImapSession;
 use crate::net::proxy;
 use crate::net::stream::Stream;
+use crate::pop3::session::Pop3Session;
 use crate::protocol::Protocol;
 use crate::session;
 use crate::smtp::session::SmtpSession;
@@ -108,6 +109,7 @@ async fn refuse(gateway: &Gateway, config: &ListenerConfig, tcp: TcpStream) {
     let message: &[u8] = match config.protocol {
         Protocol::Imap => b"* BYE Too many connections, try again later\r\n",
         Protocol::Smtp => b"421 4.7.0 Too many connections, try again later\r\n",
+        Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
     };
     let _ = stream.write_all(message).await;
     let _ = stream.shutdown().await;
@@ -129,6 +131,7 @@ async fn serve(
         Protocol::Smtp => {
             Box::pin(session::serve::<SmtpSession>(gateway, config, tcp, client)).await
         }
+        Protocol::Pop3 => session::serve::<Pop3Session>(gateway, config, tcp, client).await,
     }
 }
 

@@ -306,7 +306,7 @@ impl Metrics {
             "temporary_failure",
             "session_limit",
         ];
-        for protocol in ["imap", "smtp"] {
+        for protocol in ["imap", "smtp", "pop3"] {
             self.sessions_active.with_label_values(&[protocol]).set(0);
             for direction in ["to_upstream", "to_client"] {
                 self.relay_bytes.with_label_values(&[protocol, direction]);
@@ -315,7 +315,7 @@ impl Metrics {
                 self.upstream_logins
                     .with_label_values(&[protocol, connection]);
             }
-            for mechanism in ["login", "plain"] {
+            for mechanism in ["login", "plain", "user"] {
                 for result in RESULTS {
                     self.auth_attempts
                         .with_label_values(&[protocol, mechanism, result]);

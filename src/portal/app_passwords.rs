@@ -140,7 +140,7 @@ fn row(t: &'static super::i18n::Messages, p: &AppPassword, at: i64) -> Row {
     }
 }
 
-/// `POST /app-passwords`: `name`, `scopes` (repeated: `imap`, `smtp`), optional
+/// `POST /app-passwords`: `name`, `scopes` (repeated: `imap`, `smtp`, `pop3`), optional
 /// `expires_in` (`30d`, `90d`, `365d`), `csrf`.
 pub async fn create(State(portal): State<Arc<Portal>>, browser: Browser, body: Bytes) -> Response {
     let t = browser.t;

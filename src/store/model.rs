@@ -15,17 +15,20 @@ pub enum Scope {
     Imap,
     /// Sending mail over SMTP submission.
     Smtp,
+    /// Fetching mail over POP3.
+    Pop3,
 }
 
 impl Scope {
     /// Every scope, in the order the store writes them.
-    pub const ALL: [Scope; 2] = [Scope::Imap, Scope::Smtp];
+    pub const ALL: [Scope; 3] = [Scope::Imap, Scope::Smtp, Scope::Pop3];
 
     /// The name used in the database, the CLI and JSON output.
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Imap => "imap",
             Scope::Smtp => "smtp",
+            Scope::Pop3 => "pop3",
         }
     }
 }
@@ -36,19 +39,20 @@ impl fmt::Display for Scope {
     }
 }
 
-/// A scope name that is neither `imap` nor `smtp`.
+/// A scope name that is not `imap`, `smtp` or `pop3`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown scope {0:?}: expected imap or smtp")]
+#[error("unknown scope {0:?}: expected imap, smtp or pop3")]
 pub struct UnknownScope(pub String);
 
 impl FromStr for Scope {
     type Err = UnknownScope;
 
-    /// Accepts `imap` and `smtp` in any case, so `--scopes IMAP` works.
+    /// Accepts `imap`, `smtp` and `pop3` in any case, so `--scopes IMAP` works.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "imap" => Ok(Scope::Imap),
             "smtp" => Ok(Scope::Smtp),
+            "pop3" => Ok(Scope::Pop3),
             _ => Err(UnknownScope(s.to_owned())),
         }
     }
@@ -270,8 +274,12 @@ mod tests {
         assert_eq!(scopes_from_column("smtp").unwrap(), vec![Scope::Smtp]);
         assert_eq!(scopes_from_column("").unwrap(), vec![]);
         assert_eq!(
-            scopes_from_column("imap,pop3"),
-            Err(UnknownScope("pop3".into()))
+            scopes_from_column("imap,pop3").unwrap(),
+            vec![Scope::Imap, Scope::Pop3]
+        );
+        assert_eq!(
+            scopes_from_column("imap,jmap"),
+            Err(UnknownScope("jmap".into()))
         );
     }
 
@@ -279,7 +287,8 @@ mod tests {
     fn scope_parses_any_case_and_serializes_lowercase() {
         assert_eq!("IMAP".parse::<Scope>(), Ok(Scope::Imap));
         assert_eq!("smtp".parse::<Scope>(), Ok(Scope::Smtp));
-        assert!("pop3".parse::<Scope>().is_err());
+        assert_eq!("Pop3".parse::<Scope>(), Ok(Scope::Pop3));
+        assert!("jmap".parse::<Scope>().is_err());
         assert_eq!(
             serde_json::to_string(&[Scope::Imap, Scope::Smtp]).unwrap(),
             r#"["imap","smtp"]"#

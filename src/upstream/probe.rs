@@ -5,7 +5,7 @@
 use crate::config::{Config, UpstreamConfig};
 use crate::protocol::Protocol;
 use crate::upstream::Upstream;
-use crate::{imap, smtp};
+use crate::{imap, pop3, smtp};
 
 /// What one upstream answered.
 #[derive(Debug)]
@@ -23,6 +23,7 @@ pub async fn probe_all(config: &Config) -> Vec<ProbeReport> {
     for (protocol, section) in [
         (Protocol::Imap, &config.upstream.imap),
         (Protocol::Smtp, &config.upstream.smtp),
+        (Protocol::Pop3, &config.upstream.pop3),
     ] {
         if let Some(section) = section {
             reports.push(ProbeReport {
@@ -52,6 +53,12 @@ async fn probe(
                 .await
                 .map_err(|error| error.to_string())?;
             Ok(format!("{tls}, IMAP greeting ok"))
+        }
+        Protocol::Pop3 => {
+            pop3::upstream::connect(&upstream)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok(format!("{tls}, POP3 greeting ok"))
         }
         Protocol::Smtp => {
             let capabilities = smtp::upstream::probe(&upstream, hostname)

@@ -68,6 +68,9 @@ pub struct Dovecot {
     pub submission_port: u16,
     pub submissions_port: u16,
     pub lmtp_port: u16,
+    /// POP3 with STLS, and POP3 over implicit TLS.
+    pub pop3_port: u16,
+    pub pop3s_port: u16,
     /// The CA that issued Dovecot's certificate (for "localhost" and 127.0.0.1).
     pub ca: TestCa,
     /// Same as `ca.ca_path` (or `DovecotOptions::tls`'s CA when given).
@@ -164,6 +167,8 @@ impl Dovecot {
             submission_port: 0,
             submissions_port: 0,
             lmtp_port: 0,
+            pop3_port: 0,
+            pop3s_port: 0,
             ca,
             ca_path,
             master_user,
@@ -186,6 +191,8 @@ impl Dovecot {
             dovecot.submission_port = free_port();
             dovecot.submissions_port = free_port();
             dovecot.lmtp_port = free_port();
+            dovecot.pop3_port = free_port();
+            dovecot.pop3s_port = free_port();
             let conf = dovecot.config(&identity, &cert, &key);
             write_file(&dovecot.dir.join("dovecot.conf"), conf.as_bytes());
             match dovecot.spawn() {
@@ -221,6 +228,8 @@ impl Dovecot {
             self.submission_port,
             self.submissions_port,
             self.lmtp_port,
+            self.pop3_port,
+            self.pop3s_port,
         ];
         // Ready = the master logged "starting up" (it does so only after binding every
         // listener, so the ports are ours and not another process's) and each port
@@ -266,7 +275,7 @@ impl Dovecot {
         line(&format!("base_dir = {dir}/run"));
         line(&format!("state_dir = {dir}/state"));
         line(&format!("instance_name = postern-test-{}", self.imap_port));
-        line("protocols = imap submission lmtp");
+        line("protocols = imap submission lmtp pop3");
         line("listen = 127.0.0.1");
         line(&format!("log_path = {dir}/dovecot.log"));
         line(&format!("info_log_path = {dir}/dovecot.log"));
@@ -401,6 +410,12 @@ impl Dovecot {
             "service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {}\n  }}\n}}",
             self.lmtp_port
         ));
+        line(&format!(
+            "service pop3-login {{\n{chroot}  inet_listener pop3 {{\n    address = 127.0.0.1\n    \
+             port = {}\n  }}\n  inet_listener pop3s {{\n    address = 127.0.0.1\n    port = {}\n    \
+             ssl = yes\n  }}\n}}",
+            self.pop3_port, self.pop3s_port
+        ));
         // No auth penalty (2 s, 4 s, ... delays per IP after failed logins, which Dovecot
         // 2.3.19 applies even to login_trusted_networks): without its anvil socket the
         // auth process silently disables it.
@@ -517,6 +532,8 @@ impl Dovecot {
             self.submission_port,
             self.submissions_port,
             self.lmtp_port,
+            self.pop3_port,
+            self.pop3s_port,
         ] {
             wait_for_port_closed(port, "dovecot", || self.all_logs());
         }

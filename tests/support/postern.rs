@@ -164,6 +164,10 @@ pub struct Postern {
     pub smtps: SocketAddr,
     /// STARTTLS SMTP submission listener (587-style).
     pub submission: SocketAddr,
+    /// Implicit-TLS POP3 listener (995-style).
+    pub pop3s: SocketAddr,
+    /// STLS POP3 listener (110-style).
+    pub pop3: SocketAddr,
     /// /metrics, /healthz, /readyz.
     pub http: SocketAddr,
     /// The portal, when the config has `[portal]` (`Options::extra_config`).
@@ -207,6 +211,8 @@ impl Postern {
         let imap = listeners[1].1.local_addr().unwrap();
         let smtps = listeners[2].1.local_addr().unwrap();
         let submission = listeners[3].1.local_addr().unwrap();
+        let pop3s = listeners[4].1.local_addr().unwrap();
+        let pop3 = listeners[5].1.local_addr().unwrap();
         let http_socket = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
         let http = http_socket.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -236,6 +242,8 @@ impl Postern {
             imap,
             smtps,
             submission,
+            pop3s,
+            pop3,
             http,
             portal: portal_address,
             ca_path,
@@ -354,6 +362,10 @@ fn prepare(dovecot: &Dovecot, options: &Options, http_port: u16) -> Prepared {
         "implicit" => dovecot.submissions_port,
         _ => dovecot.submission_port,
     });
+    let pop3_upstream_port = options.upstream_port.unwrap_or(match options.upstream_tls {
+        "implicit" => dovecot.pop3s_port,
+        _ => dovecot.pop3_port,
+    });
     let ports = options.listener_ports.unwrap_or([0; 4]);
     let text = format!(
         r#"
@@ -396,6 +408,22 @@ tls = "starttls"
 proxy_protocol = {proxy_protocol}
 max_connections = {max_connections}
 
+[[listener]]
+name = "pop3s"
+protocol = "pop3"
+bind = "127.0.0.1:0"
+tls = "implicit"
+proxy_protocol = {proxy_protocol}
+max_connections = {max_connections}
+
+[[listener]]
+name = "pop3"
+protocol = "pop3"
+bind = "127.0.0.1:0"
+tls = "starttls"
+proxy_protocol = {proxy_protocol}
+max_connections = {max_connections}
+
 [upstream.smtp]
 address = "127.0.0.1:{smtp_upstream_port}"
 tls = "{upstream_tls}"
@@ -408,6 +436,16 @@ master_password_file = "{master_password_file}"
 
 [upstream.imap]
 address = "127.0.0.1:{upstream_port}"
+tls = "{upstream_tls}"
+server_name = "localhost"
+ca_file = "{ca_file}"
+auth = "{upstream_auth}"
+master_user = "{master_user}"
+master_password_file = "{master_password_file}"
+{upstream_extra}
+
+[upstream.pop3]
+address = "127.0.0.1:{pop3_upstream_port}"
 tls = "{upstream_tls}"
 server_name = "localhost"
 ca_file = "{ca_file}"
