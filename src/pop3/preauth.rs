@@ -173,6 +173,9 @@ impl PreAuth {
     /// The next complete line, without its ending; `None` until one has arrived.
     fn next_line(&mut self) -> Option<Vec<u8>> {
         loop {
+            if self.closing {
+                return None;
+            }
             let Some(end) = self.input.iter().position(|&b| b == b'\n') else {
                 if self.input.len() > self.options.max_line || self.discarding {
                     if !self.discarding {
@@ -522,6 +525,24 @@ mod tests {
         );
         let (sent, _, closed) = run(&mut machine(true), b"quit\r\nCAPA\r\n");
         assert_eq!((sent.as_str(), closed), ("+OK Logging out\r\n", true));
+    }
+
+    #[test]
+    fn nothing_follows_the_close_after_too_many_long_lines() {
+        let mut m = machine(true);
+        let mut input = Vec::new();
+        for _ in 0..6 {
+            input.extend_from_slice(&[b'x'; 120]);
+            input.extend_from_slice(b"\r\n");
+        }
+        input.extend_from_slice(b"CAPA\r\n");
+        let (sent, _, closed) = run(&mut m, &input);
+        assert!(closed);
+        assert!(
+            sent.ends_with("-ERR Too many invalid commands\r\n"),
+            "{sent}"
+        );
+        assert!(!sent.contains("Capability"), "{sent}");
     }
 
     #[test]
