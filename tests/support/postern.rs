@@ -354,19 +354,52 @@ fn prepare(dovecot: &Dovecot, options: &Options, http_port: u16) -> Prepared {
         .store_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("postern.db").display()));
-    let upstream_port = options.upstream_port.unwrap_or(match options.upstream_tls {
-        "implicit" => dovecot.imaps_port,
-        _ => dovecot.imap_port,
-    });
-    let smtp_upstream_port = options.upstream_port.unwrap_or(match options.upstream_tls {
-        "implicit" => dovecot.submissions_port,
-        _ => dovecot.submission_port,
-    });
-    let pop3_upstream_port = options.upstream_port.unwrap_or(match options.upstream_tls {
-        "implicit" => dovecot.pop3s_port,
-        _ => dovecot.pop3_port,
-    });
+    // Each protocol's upstream: Dovecot's implicit-TLS or STARTTLS port, with the same
+    // login settings.
+    let upstreams: String = [
+        ("smtp", dovecot.submissions_port, dovecot.submission_port),
+        ("imap", dovecot.imaps_port, dovecot.imap_port),
+        ("pop3", dovecot.pop3s_port, dovecot.pop3_port),
+    ]
+    .iter()
+    .map(|(protocol, implicit, starttls)| {
+        let port = options.upstream_port.unwrap_or(match options.upstream_tls {
+            "implicit" => *implicit,
+            _ => *starttls,
+        });
+        format!(
+            "[upstream.{protocol}]\naddress = \"127.0.0.1:{port}\"\ntls = \"{}\"\n\
+             server_name = \"localhost\"\nca_file = \"{}\"\nauth = \"{}\"\n\
+             master_user = \"{}\"\nmaster_password_file = \"{}\"\n{}\n\n",
+            options.upstream_tls,
+            dovecot.ca_path.display(),
+            options.upstream_auth,
+            dovecot.master_user,
+            master_password_file.display(),
+            options.upstream_extra,
+        )
+    })
+    .collect();
     let ports = options.listener_ports.unwrap_or([0; 4]);
+    // The order is the one `Postern` reads the bound sockets back in.
+    let listeners: String = [
+        ("imaps", "imap", ports[0], "implicit"),
+        ("imap", "imap", ports[1], "starttls"),
+        ("smtps", "smtp", ports[2], "implicit"),
+        ("submission", "smtp", ports[3], "starttls"),
+        ("pop3s", "pop3", 0, "implicit"),
+        ("pop3", "pop3", 0, "starttls"),
+    ]
+    .iter()
+    .map(|(name, protocol, port, tls)| {
+        format!(
+            "[[listener]]\nname = \"{name}\"\nprotocol = \"{protocol}\"\n\
+             bind = \"127.0.0.1:{port}\"\ntls = \"{tls}\"\nproxy_protocol = {}\n\
+             max_connections = {}\n\n",
+            options.proxy_protocol, options.max_connections
+        )
+    })
+    .collect();
     let text = format!(
         r#"
 [store]
@@ -376,84 +409,8 @@ url = "{store_url}"
 cert = "{cert}"
 key = "{key}"
 
-[[listener]]
-name = "imaps"
-protocol = "imap"
-bind = "127.0.0.1:{port_0}"
-tls = "implicit"
-proxy_protocol = {proxy_protocol}
-max_connections = {max_connections}
-
-[[listener]]
-name = "imap"
-protocol = "imap"
-bind = "127.0.0.1:{port_1}"
-tls = "starttls"
-proxy_protocol = {proxy_protocol}
-max_connections = {max_connections}
-
-[[listener]]
-name = "smtps"
-protocol = "smtp"
-bind = "127.0.0.1:{port_2}"
-tls = "implicit"
-proxy_protocol = {proxy_protocol}
-max_connections = {max_connections}
-
-[[listener]]
-name = "submission"
-protocol = "smtp"
-bind = "127.0.0.1:{port_3}"
-tls = "starttls"
-proxy_protocol = {proxy_protocol}
-max_connections = {max_connections}
-
-[[listener]]
-name = "pop3s"
-protocol = "pop3"
-bind = "127.0.0.1:0"
-tls = "implicit"
-proxy_protocol = {proxy_protocol}
-max_connections = {max_connections}
-
-[[listener]]
-name = "pop3"
-protocol = "pop3"
-bind = "127.0.0.1:0"
-tls = "starttls"
-proxy_protocol = {proxy_protocol}
-max_connections = {max_connections}
-
-[upstream.smtp]
-address = "127.0.0.1:{smtp_upstream_port}"
-tls = "{upstream_tls}"
-server_name = "localhost"
-ca_file = "{ca_file}"
-auth = "{upstream_auth}"
-master_user = "{master_user}"
-master_password_file = "{master_password_file}"
-{upstream_extra}
-
-[upstream.imap]
-address = "127.0.0.1:{upstream_port}"
-tls = "{upstream_tls}"
-server_name = "localhost"
-ca_file = "{ca_file}"
-auth = "{upstream_auth}"
-master_user = "{master_user}"
-master_password_file = "{master_password_file}"
-{upstream_extra}
-
-[upstream.pop3]
-address = "127.0.0.1:{pop3_upstream_port}"
-tls = "{upstream_tls}"
-server_name = "localhost"
-ca_file = "{ca_file}"
-auth = "{upstream_auth}"
-master_user = "{master_user}"
-master_password_file = "{master_password_file}"
-{upstream_extra}
-
+{listeners}
+{upstreams}
 [http]
 bind = "127.0.0.1:{http_port}"
 
@@ -470,24 +427,12 @@ proxy_sources = {proxy_sources}
 "#,
         cert = cert.display(),
         key = key.display(),
-        upstream_tls = options.upstream_tls,
-        ca_file = dovecot.ca_path.display(),
-        upstream_auth = options.upstream_auth,
-        master_user = dovecot.master_user,
-        master_password_file = master_password_file.display(),
         trusted_networks = options.trusted_networks,
         proxy_sources = options.proxy_sources,
-        max_connections = options.max_connections,
         change_poll_interval = options.change_poll_interval,
-        upstream_extra = options.upstream_extra,
-        port_0 = ports[0],
-        port_1 = ports[1],
-        port_2 = ports[2],
-        port_3 = ports[3],
         auth_extra = options.auth_extra,
         network_extra = options.network_extra,
         extra = options.extra_config,
-        proxy_protocol = options.proxy_protocol,
     );
     Prepared {
         dir,
