@@ -159,7 +159,7 @@ fn main() {
         imap_client_limit: None,
         submission_max_mail_size_mib: Some(SMTP_HUGE_MIB + 8),
         tls: tls.clone(),
-        oauth2: None,
+        ..DovecotOptions::default()
     });
     let postern = PosternProcess::start(
         &dovecot,

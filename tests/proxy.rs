@@ -1,8 +1,8 @@
 //! PROXY protocol listeners end to end: a real haproxy (`send-proxy`, `send-proxy-v2`) in
 //! front of postern, a real Dovecot behind. The client address the header carries must
-//! reach Dovecot (IMAP ID x-originating-ip, SMTP XCLIENT) and postern's audit trail; peers
-//! outside `[network] proxy_sources`, and trusted peers that send no header, are closed
-//! without a greeting while the listener goes on serving.
+//! reach Dovecot (IMAP ID x-originating-ip, SMTP and POP3 XCLIENT) and postern's audit
+//! trail; peers outside `[network] proxy_sources`, and trusted peers that send no header,
+//! are closed without a greeting while the listener goes on serving.
 
 mod support;
 
@@ -37,7 +37,11 @@ async fn setup(options: Options) -> (Dovecot, Postern, String) {
     .await;
     postern.add_user("alice@example.test", "alice").await;
     let (_, password) = postern
-        .issue("alice@example.test", &[Scope::Imap, Scope::Smtp], None)
+        .issue(
+            "alice@example.test",
+            &[Scope::Imap, Scope::Smtp, Scope::Pop3],
+            None,
+        )
         .await;
     (dovecot, postern, password)
 }
@@ -149,6 +153,33 @@ async fn imap_through_haproxy_send_proxy_v1() {
 #[tokio::test(flavor = "multi_thread")]
 async fn imap_through_haproxy_send_proxy_v2() {
     imap_login_through(Route::v2, "127.0.0.3").await;
+}
+
+/// POP3 through haproxy: XCLIENT carries the header's address to Dovecot's pop3-login.
+#[tokio::test(flavor = "multi_thread")]
+async fn pop3_through_haproxy_send_proxy_v2() {
+    let from = "127.0.0.6";
+    let (dovecot, postern, password) = setup(Options::default()).await;
+    let haproxy = Haproxy::start(&[Route::v2(postern.pop3s)]);
+    let (mut client, greeting) =
+        ImapClient::connect_tls_from(ip(from), haproxy.frontends[0], &postern.ca_path).await;
+    assert!(greeting.starts_with("+OK"), "{greeting}\n{}", haproxy.log());
+    client.send(b"USER alice@example.test\r\n").await;
+    assert_eq!(client.read_line().await, "+OK");
+    client.send(format!("PASS {password}\r\n").as_bytes()).await;
+    let reply = client.read_line().await;
+    assert!(reply.starts_with("+OK"), "{reply}");
+    client.send(b"QUIT\r\n").await;
+    assert!(client.read_line().await.starts_with("+OK"));
+    assert!(client.closed_within(Duration::from_secs(10)).await);
+    assert!(
+        dovecot_saw(&dovecot, "pop3-login", from),
+        "Dovecot should log the address from the PROXY header ({from}):\n{}\n{}",
+        dovecot.all_logs(),
+        haproxy.log()
+    );
+    assert_audited_login(&postern, "pop3", from).await;
+    postern.stop().await;
 }
 
 /// Just enough SMTP over a TLS stream that the test connected itself (from an address of

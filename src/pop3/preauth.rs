@@ -8,8 +8,9 @@
 //! - Before TLS, USER, PASS and AUTH are refused (`-ERR [AUTH]`), so a password is never
 //!   sent in the clear; bytes pipelined after STLS are discarded (RFC 2595 section 4).
 //! - Every credential problem gets one fixed `-ERR [AUTH]` text; a store or upstream that
-//!   cannot be reached gets `-ERR [SYS/TEMP]`. After `max_failures` refusals, or
-//!   `max_bad_commands` invalid commands, the connection is closed.
+//!   cannot be reached gets `-ERR [SYS/TEMP]`, a mailbox another session holds upstream
+//!   `-ERR [IN-USE]`. After `max_failures` refusals, or `max_bad_commands` invalid
+//!   commands, the connection is closed.
 //! - While a login waits for its verdict nothing more is parsed; the bytes after it are
 //!   handed to the upstream with the session ([`PreAuth::into_authenticated`]).
 
@@ -33,6 +34,7 @@ const ERR_AUTH_FAILED: &[u8] = b"-ERR [AUTH] Authentication failed\r\n";
 const ERR_PRIVACY: &[u8] = b"-ERR [AUTH] Log in after STLS: no password in the clear\r\n";
 const ERR_UNAVAILABLE: &[u8] =
     b"-ERR [SYS/TEMP] Service temporarily unavailable, try again later\r\n";
+const ERR_IN_USE: &[u8] = b"-ERR [IN-USE] Mailbox in use by another session, try again later\r\n";
 const ERR_CANCELLED: &[u8] = b"-ERR Authentication cancelled\r\n";
 const ERR_MECHANISM: &[u8] = b"-ERR Unsupported authentication mechanism\r\n";
 const ERR_USER_FIRST: &[u8] = b"-ERR USER first\r\n";
@@ -332,6 +334,11 @@ impl Machine for PreAuth {
         self.send(ERR_UNAVAILABLE);
     }
 
+    fn login_in_use(&mut self) {
+        self.pending = false;
+        self.send(ERR_IN_USE);
+    }
+
     fn between_commands(&self) -> bool {
         !self.pending && !self.awaiting_response
     }
@@ -465,7 +472,7 @@ mod tests {
     }
 
     #[test]
-    fn refusals_unavailability_and_the_failure_limit() {
+    fn refusals_unavailability_in_use_and_the_failure_limit() {
         let mut m = machine(true);
         for n in 1..=3 {
             let (_, login, _) = run(&mut m, b"USER alice\nPASS wrong\n");
@@ -497,6 +504,16 @@ mod tests {
         assert!(
             login.is_none(),
             "an empty password is refused without a lookup"
+        );
+        run(&mut m, b"USER alice\r\nPASS right\r\n");
+        m.login_in_use();
+        let (sent, _, closed) = run(&mut m, b"");
+        assert_eq!(
+            (sent.as_str(), closed),
+            (
+                "-ERR [IN-USE] Mailbox in use by another session, try again later\r\n",
+                false
+            )
         );
     }
 

@@ -231,18 +231,20 @@ pub async fn login(
     }
 }
 
-/// What a `-ERR` to the login means (RFC 3206): `[SYS/…]` and `[IN-USE]` are the
-/// server's state, for later; anything else refuses the user.
+/// What a `-ERR` to the login means (RFC 3206): `[SYS/…]` is the server's state, for
+/// later; `[IN-USE]` is another session holding the mailbox; anything else refuses the
+/// user.
 fn refusal(error: &str) -> UpstreamError {
     let code = error
         .strip_prefix('[')
         .and_then(|rest| rest.split_once(']'))
         .map(|(code, _)| code.to_ascii_uppercase());
     match code.as_deref() {
-        Some(code) if code.starts_with("SYS/") || code == "IN-USE" => UpstreamError::Rejected {
+        Some(code) if code.starts_with("SYS/") => UpstreamError::Rejected {
             phase: "login",
             code: 0,
         },
+        Some("IN-USE") => UpstreamError::InUse,
         _ => UpstreamError::Refused,
     }
 }
@@ -304,7 +306,7 @@ mod tests {
         ));
         assert!(matches!(
             refusal("[in-use] Mailbox locked"),
-            UpstreamError::Rejected { .. }
+            UpstreamError::InUse
         ));
     }
 }

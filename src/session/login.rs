@@ -37,6 +37,8 @@ pub enum LoginOutcome<U> {
     /// No decision now (a penalty runs, the store or the upstream failed): the protocol's
     /// temporary failure.
     Unavailable,
+    /// Verified, but the upstream says another session holds the mailbox.
+    MailboxInUse,
 }
 
 /// Verifies `attempt`, then logs in upstream with `upstream_login` as the granted user,
@@ -92,13 +94,18 @@ where
             }
         }
         Err(error) => {
-            let result = match error {
-                UpstreamError::Refused => "upstream_refused",
-                _ => "upstream_unavailable",
+            let (result, outcome) = match error {
+                UpstreamError::Refused => ("upstream_refused", LoginOutcome::Unavailable),
+                UpstreamError::InUse => ("upstream_unavailable", LoginOutcome::MailboxInUse),
+                _ => ("upstream_unavailable", LoginOutcome::Unavailable),
             };
-            tracing::error!(%error, login = ?attempt.login, "upstream login failed");
+            if matches!(outcome, LoginOutcome::MailboxInUse) {
+                tracing::info!(%error, login = ?attempt.login, "upstream login refused for now");
+            } else {
+                tracing::error!(%error, login = ?attempt.login, "upstream login failed");
+            }
             verifier.record(attempt, result, Some(grant.app_password_id));
-            LoginOutcome::Unavailable
+            outcome
         }
     }
 }

@@ -74,6 +74,11 @@ pub trait Machine: Send {
     fn login_limited(&mut self) {
         self.login_unavailable()
     }
+    /// The login is right but the upstream says another session holds the mailbox; by
+    /// default the temporary failure.
+    fn login_in_use(&mut self) {
+        self.login_unavailable()
+    }
     /// Whether a goodbye may be said now without cutting a command or message in half.
     fn between_commands(&self) -> bool {
         true
@@ -373,6 +378,10 @@ async fn converse_with<P: ProtocolSession>(
                         }
                         LoginOutcome::TooManySessions => {
                             machine.login_limited();
+                            continue;
+                        }
+                        LoginOutcome::MailboxInUse => {
+                            machine.login_in_use();
                             continue;
                         }
                     };

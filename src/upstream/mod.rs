@@ -53,6 +53,10 @@ pub enum UpstreamError {
     Rejected { phase: &'static str, code: u16 },
     #[error("upstream refused the login for the user")]
     Refused,
+    /// The user's mailbox is held by another session upstream (POP3's `[IN-USE]`, RFC
+    /// 3206): the client is told so, and may try again when that session ends.
+    #[error("upstream says the mailbox is in use by another session")]
+    InUse,
     #[error("cannot read the master password file {path}: {source}")]
     MasterPassword {
         path: PathBuf,
@@ -74,6 +78,7 @@ impl UpstreamError {
             UpstreamError::Protocol { .. } | UpstreamError::Unsupported(_) => "protocol",
             UpstreamError::Rejected { .. } => "rejected",
             UpstreamError::Refused => "refused",
+            UpstreamError::InUse => "in_use",
             UpstreamError::MasterPassword { .. } => "master_password",
             UpstreamError::Token(_) => "oauth2",
         }

@@ -33,6 +33,9 @@ pub struct DovecotOptions {
     /// IMAP sessions served by one imap process (`client_limit`); `None`: 1, Dovecot's
     /// default.
     pub imap_client_limit: Option<u32>,
+    /// `pop3_lock_session = yes`: one POP3 session per mailbox at a time, a second gets
+    /// `-ERR [IN-USE]`.
+    pub pop3_lock_session: bool,
     /// `submission_max_mail_size` in MiB (`None`: Dovecot's default, 40M in 2.3.19).
     pub submission_max_mail_size_mib: Option<u64>,
     /// Serve this certificate chain and key instead of a fresh leaf from the test CA;
@@ -315,6 +318,9 @@ impl Dovecot {
             "protocol imap {{\n  mail_max_userip_connections = {userip}\n  \
              mail_plugins = $mail_plugins imap_zlib\n}}"
         ));
+        if options.pop3_lock_session {
+            line("pop3_lock_session = yes");
+        }
         if let Some(mib) = options.submission_max_mail_size_mib {
             line(&format!("submission_max_mail_size = {mib}M"));
         }
