@@ -4,8 +4,8 @@
 //!     cargo bench --bench gateway -- login relay       # only these rows
 //!     BENCH_RUNS=5 cargo bench --bench gateway         # more runs
 //!
-//! Rows: `login`, `relay`, `idle`, `smtp`, `flood`, `growth`. It starts a private Dovecot
-//! (IMAP + submission; tests/support) and the release `postern` binary as a separate
+//! Rows: `login`, `relay`, `pop3`, `portal`, `idle`, `smtp`, `flood`, `growth`. It starts a private
+//! Dovecot (IMAP, POP3 and submission; tests/support) and the release `postern` binary as a separate
 //! process in front of it (so its RSS and CPU are its own), then measures every row
 //! through postern and straight against Dovecot, alternating which goes first from run to
 //! run, and prints medians over the runs (min–max in brackets) and the ratio
@@ -18,9 +18,9 @@
 //! - `BENCH_TLS_KEY` (`rsa`): `rsa` (RSA-2048, as the issue's reference numbers) or
 //!   `ecdsa` (P-256 from the test CA) for both servers' certificates;
 //! - `BENCH_TLS_RESUME` (unset): set to 1 to let the load clients resume TLS sessions;
-//! - `BENCH_DOVECOT_LOGIN` (`security`): `security` (a login process per connection,
-//!   Dovecot's default) or `performance` (`service_count = 0`, long-lived login
-//!   processes);
+//! - `BENCH_DOVECOT_LOGIN` (`performance`): `performance` (`service_count = 0`, one
+//!   long-lived login process per core, as sites with many users run Dovecot) or
+//!   `security` (a login process per connection, Dovecot's default);
 //! - `BENCH_GROWTH_USERS` (1000000): the store size of the growth row's big case.
 //!
 //! Choices worth knowing when reading the numbers:
@@ -68,7 +68,9 @@ use tokio::task::JoinSet;
 const MIB: u64 = 1024 * 1024;
 const DOMAIN: &str = "example.test";
 
-const ROWS: [&str; 6] = ["login", "relay", "idle", "smtp", "flood", "growth"];
+const ROWS: [&str; 8] = [
+    "login", "relay", "pop3", "portal", "idle", "smtp", "flood", "growth",
+];
 
 // Work per run (defaults sized for ~10 minutes in all on a 2-core machine).
 const CACHED_C1_CYCLES: usize = 150;
@@ -81,6 +83,12 @@ const RELAY_BIG_MIB: u64 = 10;
 const RELAY_BIG_FETCHES: usize = 4;
 const RELAY_LIST_FETCHES: usize = 3;
 const IDLE_USERS: usize = 200;
+const C16: usize = 16;
+const PORTAL_C1_REQUESTS: usize = 200;
+const PORTAL_C16_PER_WORKER: usize = 40;
+const PORTAL_C1_SIGN_INS: usize = 30;
+const PORTAL_C16_SIGN_INS_PER_WORKER: usize = 4;
+const PORTAL_APP_PASSWORDS: usize = 5;
 const IDLE_OPENERS: usize = 32;
 const SMTP_CONNECTIONS: usize = 8;
 const SMTP_SMALL: (u64, usize) = (10 * 1024, 300);
@@ -108,7 +116,7 @@ fn main() {
     let rsa = std::env::var("BENCH_TLS_KEY").map_or(true, |v| v != "ecdsa");
     let resume = std::env::var_os("BENCH_TLS_RESUME").is_some_and(|v| v == "1");
     let login_performance =
-        std::env::var("BENCH_DOVECOT_LOGIN").is_ok_and(|v| v.starts_with("perf"));
+        !std::env::var("BENCH_DOVECOT_LOGIN").is_ok_and(|v| v.starts_with("sec"));
     let growth_users: u64 = env_parse("BENCH_GROWTH_USERS", 1_000_000);
     let has = |row: &str| rows.iter().any(|r| r == row);
 
@@ -143,7 +151,7 @@ fn main() {
         if login_performance {
             "high-performance"
         } else {
-            "one per connection"
+            "one per connection (BENCH_DOVECOT_LOGIN=security)"
         }
     );
 
@@ -166,6 +174,8 @@ fn main() {
         Settings {
             imaps: true,
             smtps: true,
+            pop3s: has("pop3"),
+            portal: has("portal"),
             tls: tls.clone(),
             max_connections: 30_000,
             extra: format!(
@@ -203,6 +213,15 @@ fn main() {
         connector(&dovecot.ca_path, resume),
     );
 
+    let pop3_postern = postern
+        .pop3s
+        .map(|address| Target::new("postern", address, connector(&postern.ca_path, resume)));
+    let pop3_direct = Target::new(
+        "direct",
+        ([127, 0, 0, 1], dovecot.pop3s_port).into(),
+        connector(&dovecot.ca_path, resume),
+    );
+
     let setup_started = Instant::now();
     let store = runtime
         .block_on(Store::open(&postern.store_url))
@@ -216,7 +235,7 @@ fn main() {
         plan.singles = runs * 2 * GROWTH_UNCACHED_CYCLES + 4;
     }
     let accounts = runtime.block_on(create_accounts(&dovecot, &postern, &store, &plan, &rows));
-    if has("relay") {
+    if has("relay") || has("pop3") {
         fill_mailboxes(&dovecot);
     }
     if has("growth") {
@@ -238,6 +257,8 @@ fn main() {
         imap_direct,
         smtp_postern,
         smtp_direct,
+        pop3_postern,
+        pop3_direct,
         accounts,
         runs,
         report: Mutex::new(Report::default()),
@@ -248,6 +269,8 @@ fn main() {
         match row.as_str() {
             "login" => runtime.block_on(bench.login()),
             "relay" => runtime.block_on(bench.relay()),
+            "pop3" => runtime.block_on(bench.pop3()),
+            "portal" => runtime.block_on(bench.portal()),
             "idle" => bench.idle(&runtime, &idle_sizes),
             "smtp" => runtime.block_on(bench.smtp()),
             "flood" => runtime.block_on(bench.flood()),
@@ -369,6 +392,8 @@ struct Accounts {
     relay_big: Option<Account>,
     idle: Vec<Account>,
     smtp: Vec<Account>,
+    /// w0..w15: portal users with five app passwords each.
+    portal: Vec<Account>,
     sink: String,
     victim: Option<Account>,
 }
@@ -396,7 +421,7 @@ async fn create_accounts(
     let issuer = Issuer::new(store, &postern.config_path, DOMAIN).await;
     // (user, number of app passwords) to create.
     let mut users: Vec<(String, usize)> = Vec::new();
-    let cached_users = if has("login") || has("growth") {
+    let cached_users = if has("login") || has("growth") || has("pop3") {
         C32
     } else {
         1
@@ -405,7 +430,7 @@ async fn create_accounts(
     let fresh_users = plan.fresh.div_ceil(40);
     users.extend((0..fresh_users).map(|i| (format!("n{i}"), 40)));
     users.extend((0..plan.singles).map(|i| (format!("s{i}"), 1)));
-    if has("relay") {
+    if has("relay") || has("pop3") {
         users.push(("r".into(), 1));
         users.push(("big".into(), 1));
     }
@@ -417,6 +442,9 @@ async fn create_accounts(
     }
     if has("flood") {
         users.push(("v".into(), 1));
+    }
+    if has("portal") {
+        users.extend((0..C16).map(|i| (format!("w{i}"), PORTAL_APP_PASSWORDS)));
     }
     let sink = "sink".to_string();
     dovecot.add_user(&sink, "sink-direct-password");
@@ -487,6 +515,7 @@ async fn create_accounts(
         smtp: (0..SMTP_CONNECTIONS)
             .filter_map(|i| one(&format!("m{i}")))
             .collect(),
+        portal: (0..C16).filter_map(|i| one(&format!("w{i}"))).collect(),
         sink,
         victim: one("v"),
     }
@@ -710,8 +739,37 @@ impl Phase {
     }
 }
 
-/// `concurrency` workers, each running `per_worker` login cycles back to back.
+/// Which protocol's login cycle a phase runs.
+#[derive(Clone, Copy)]
+enum Cycle {
+    /// connect, TLS, LOGIN, LOGOUT
+    Imap,
+    /// connect, TLS, USER, PASS, QUIT
+    Pop3,
+}
+
+impl Cycle {
+    async fn run(self, target: &Target, login: &str, password: &str) -> anyhow::Result<Duration> {
+        match self {
+            Cycle::Imap => login_cycle(target, None, login, password).await,
+            Cycle::Pop3 => load::pop3::login_cycle(target, None, login, password).await,
+        }
+    }
+}
+
+/// `concurrency` workers, each running `per_worker` IMAP login cycles back to back.
 async fn login_phase(
+    target: &Target,
+    creds: Creds,
+    concurrency: usize,
+    per_worker: usize,
+) -> Phase {
+    cycle_phase(Cycle::Imap, target, creds, concurrency, per_worker).await
+}
+
+/// `concurrency` workers, each running `per_worker` login cycles of `cycle` back to back.
+async fn cycle_phase(
+    cycle: Cycle,
     target: &Target,
     creds: Creds,
     concurrency: usize,
@@ -729,7 +787,7 @@ async fn login_phase(
                 let Some((login, password)) = creds.next(worker) else {
                     break;
                 };
-                match login_cycle(&target, None, &login, &password).await {
+                match cycle.run(&target, &login, &password).await {
                     Ok(d) => latencies.record(d),
                     Err(e) => {
                         errors += 1;
@@ -785,6 +843,9 @@ struct Bench {
     imap_direct: Target,
     smtp_postern: Target,
     smtp_direct: Target,
+    /// `None` unless the pop3 row runs.
+    pop3_postern: Option<Target>,
+    pop3_direct: Target,
     accounts: Accounts,
     runs: usize,
     report: Mutex<Report>,
@@ -1014,6 +1075,216 @@ impl Bench {
         for (_, list_session, big_session) in sessions {
             for mut s in [list_session, big_session] {
                 let _ = s.logout().await;
+            }
+        }
+    }
+
+    /// POP3 through postern and straight to Dovecot's pop3s: login cycles at c = 1 and
+    /// c = 32 (cached), RETR of the 10 MiB message, and UIDL of the 2,000-message
+    /// mailbox, each on a logged-in session.
+    async fn pop3(&self) {
+        use load::pop3::Pop3Client;
+        self.section("pop3: connect + TLS + USER + PASS + QUIT; RETR and UIDL on one session");
+        let postern = self.pop3_postern.as_ref().expect("pop3s listener");
+        let targets = |run: usize| -> [&Target; 2] {
+            if run.is_multiple_of(2) {
+                [postern, &self.pop3_direct]
+            } else {
+                [&self.pop3_direct, postern]
+            }
+        };
+        let a = &self.accounts;
+        for target in [postern, &self.pop3_direct] {
+            let creds = self.fixed(&a.cached, target);
+            cycle_phase(Cycle::Pop3, target, creds, 4, 10)
+                .await
+                .warn("pop3 warm-up");
+        }
+        for (concurrency, per_worker) in [(1, CACHED_C1_CYCLES), (C32, CACHED_C32_PER_WORKER)] {
+            let (mut through, mut direct) = (Series::default(), Series::default());
+            for run in 0..self.runs {
+                for target in targets(run) {
+                    let creds = self.fixed(&a.cached, target);
+                    let mut phase =
+                        cycle_phase(Cycle::Pop3, target, creds, concurrency, per_worker).await;
+                    phase.warn("pop3 login");
+                    if target.name == "postern" {
+                        through.push(&mut phase);
+                    } else {
+                        direct.push(&mut phase);
+                    }
+                }
+            }
+            for (what, decimals, p, d) in [
+                ("logins/s", 1, &through.rate, &direct.rate),
+                ("p50 ms", 2, &through.p50, &direct.p50),
+                ("p99 ms", 2, &through.p99, &direct.p99),
+            ] {
+                self.add(
+                    &format!("c={concurrency} cached: {what}"),
+                    decimals,
+                    p.clone(),
+                    d.clone(),
+                    String::new(),
+                );
+            }
+        }
+
+        let (list, big) = (a.relay_list.clone().unwrap(), a.relay_big.clone().unwrap());
+        let (mut mibs_p, mut mibs_d, mut uidl_p, mut uidl_d) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for run in 0..self.runs {
+            for target in targets(run) {
+                // A POP3 session sees the mailbox as it was at login: one per run.
+                let open = |account: &Account| {
+                    let (login, password) = account.credentials(target);
+                    async move {
+                        let mut client = Pop3Client::connect(target, None).await?;
+                        client.login(&login, &password).await?;
+                        anyhow::Ok(client)
+                    }
+                };
+                let mut session = open(&big).await.expect("pop3 session");
+                let warm = session.listing("RETR 1").await.expect("RETR");
+                assert!(warm.bytes >= RELAY_BIG_MIB * MIB, "{warm:?}");
+                let started = Instant::now();
+                let mut bytes = 0;
+                for _ in 0..RELAY_BIG_FETCHES {
+                    bytes += session.listing("RETR 1").await.expect("RETR").bytes;
+                }
+                let mibs = bytes as f64 / MIB as f64 / started.elapsed().as_secs_f64();
+                let _ = session.quit().await;
+                let mut session = open(&list).await.expect("pop3 session");
+                let warm = session.listing("UIDL").await.expect("UIDL");
+                assert!(warm.lines >= RELAY_MAILBOX, "{warm:?}");
+                let mut times = Vec::new();
+                for _ in 0..RELAY_LIST_FETCHES {
+                    let started = Instant::now();
+                    let listing = session.listing("UIDL").await.expect("UIDL");
+                    assert!(listing.lines >= RELAY_MAILBOX);
+                    times.push(ms(started.elapsed()));
+                }
+                let _ = session.quit().await;
+                if target.name == "postern" {
+                    mibs_p.push(mibs);
+                    uidl_p.push(median(&times));
+                } else {
+                    mibs_d.push(mibs);
+                    uidl_d.push(median(&times));
+                }
+            }
+        }
+        self.add(
+            &format!("RETR of {RELAY_BIG_MIB} MiB: MiB/s"),
+            1,
+            mibs_p,
+            mibs_d,
+            format!("{RELAY_BIG_FETCHES} RETRs per run"),
+        );
+        self.add(
+            &format!("UIDL of {RELAY_MAILBOX} msgs: ms"),
+            1,
+            uidl_p,
+            uidl_d,
+            format!("median of {RELAY_LIST_FETCHES} per run"),
+        );
+    }
+
+    /// The portal, postern only: the sign-in page, a sign-in (its primary password checked
+    /// by a login to Dovecot's IMAP), and the app-password page of a signed-in user with
+    /// five app passwords, each at c = 1 and c = 16 on keep-alive connections.
+    async fn portal(&self) {
+        use load::portal::PortalClient;
+        self.section("portal: HTTPS, keep-alive connections (postern only)");
+        let base = self.postern.portal.clone().expect("portal");
+        let ca = self.postern.ca_path.clone();
+        let users = self.accounts.portal.clone();
+        // What one worker does: `requests` timed requests of `kind`.
+        let worker = |kind: &'static str, user: Account, requests: usize| {
+            let (base, ca) = (base.clone(), ca.clone());
+            async move {
+                let mut latencies = Latencies::new();
+                let mut browser = PortalClient::new(&base, &ca)?;
+                if kind == "app-password page" {
+                    browser
+                        .sign_in(&user.address(), &user.direct_password)
+                        .await?;
+                }
+                for _ in 0..requests {
+                    let took = match kind {
+                        "sign-in page" => {
+                            let (status, page, took) = browser.get("/").await?;
+                            anyhow::ensure!(status == 200 && page.contains("password"), "{status}");
+                            took
+                        }
+                        "app-password page" => {
+                            let (status, page, took) = browser.get("/").await?;
+                            anyhow::ensure!(status == 200 && page.contains("revoke"), "{status}");
+                            took
+                        }
+                        _ => {
+                            let mut fresh = PortalClient::new(&base, &ca)?;
+                            fresh
+                                .sign_in(&user.address(), &user.direct_password)
+                                .await?
+                        }
+                    };
+                    latencies.record(took);
+                }
+                anyhow::Ok(latencies)
+            }
+        };
+        for kind in [
+            "sign-in page",
+            "sign-in (upstream check)",
+            "app-password page",
+        ] {
+            for concurrency in [1, C16] {
+                let requests = match (kind, concurrency) {
+                    ("sign-in (upstream check)", 1) => PORTAL_C1_SIGN_INS,
+                    ("sign-in (upstream check)", _) => PORTAL_C16_SIGN_INS_PER_WORKER,
+                    (_, 1) => PORTAL_C1_REQUESTS,
+                    _ => PORTAL_C16_PER_WORKER,
+                };
+                let mut series = Series::default();
+                for _ in 0..self.runs {
+                    let started = Instant::now();
+                    let mut set = JoinSet::new();
+                    for user in users.iter().take(concurrency) {
+                        set.spawn(worker(kind, user.clone(), requests));
+                    }
+                    let mut phase = Phase {
+                        elapsed: Duration::ZERO,
+                        latencies: Latencies::new(),
+                        errors: 0,
+                        first_error: None,
+                    };
+                    while let Some(done) = set.join_next().await {
+                        match done.unwrap() {
+                            Ok(latencies) => phase.latencies.extend(&latencies),
+                            Err(e) => {
+                                phase.errors += 1;
+                                phase.first_error.get_or_insert_with(|| format!("{e:#}"));
+                            }
+                        }
+                    }
+                    phase.elapsed = started.elapsed();
+                    phase.warn(kind);
+                    series.push(&mut phase);
+                }
+                for (what, decimals, values) in [
+                    ("requests/s", 1, &series.rate),
+                    ("p50 ms", 2, &series.p50),
+                    ("p99 ms", 2, &series.p99),
+                ] {
+                    self.add(
+                        &format!("{kind} c={concurrency}: {what}"),
+                        decimals,
+                        values.clone(),
+                        Vec::new(),
+                        String::new(),
+                    );
+                }
             }
         }
     }

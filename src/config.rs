@@ -916,8 +916,8 @@ pub struct UpstreamConfig {
     /// Deadline for each upstream reply during greeting, TLS and login.
     #[serde(default = "default_upstream_reply_timeout", with = "duration")]
     pub reply_timeout: Duration,
-    /// IMAP: connections kept connected, TLS done and greeted ahead of logins, so that a
-    /// client's login waits only for the upstream's login; 0 turns this off.
+    /// IMAP and POP3: connections kept connected, TLS done and greeted ahead of logins, so
+    /// that a client's login waits only for the upstream's login; 0 turns this off.
     #[serde(default = "default_warm_connections")]
     pub warm_connections: usize,
     /// How long a warm connection waits for a login before it is replaced: well under the

@@ -12,7 +12,6 @@ use crate::auth::hasher::{HashError, PasswordHasher};
 use crate::auth::verifier::{AuthError, VerifierOptions};
 use crate::auth::Verifier;
 use crate::config::{Config, Limits, NetworkConfig, SmtpConfig};
-use crate::imap::warm::WarmConnections;
 use crate::limits::penalty::MemoryPenalties;
 use crate::limits::quota::{MemoryQuotas, QuotaLimits};
 use crate::limits::{shared, Penalties, Quotas};
@@ -26,6 +25,7 @@ use crate::smtp::upstream::Capabilities;
 use crate::store::{Backend, Store};
 use crate::tls::stream::ServerTls;
 use crate::tls::{self, TlsError};
+use crate::upstream::warm::WarmConnections;
 use crate::upstream::Upstream;
 
 /// Why the gateway could not start.
@@ -80,9 +80,11 @@ pub struct Gateway {
     pub audit: AuditWriter,
     imap_upstream: RwLock<Option<Arc<Upstream>>>,
     /// IMAP upstream connections greeted ahead of logins.
-    pub imap_warm: Arc<WarmConnections>,
+    pub imap_warm: Arc<WarmConnections<crate::imap::upstream::Greeted>>,
     smtp_upstream: RwLock<Option<Arc<Upstream>>>,
     pop3_upstream: RwLock<Option<Arc<Upstream>>>,
+    /// POP3 upstream connections greeted ahead of logins.
+    pub pop3_warm: Arc<WarmConnections<crate::pop3::upstream::Greeted>>,
     pub smtp: SmtpConfig,
     /// Trusted networks, PROXY header sources, per-address caps.
     pub network: NetworkConfig,
@@ -184,6 +186,7 @@ impl Gateway {
             audit,
             imap_upstream: RwLock::new(imap_upstream),
             imap_warm: Arc::default(),
+            pop3_warm: Arc::default(),
             drain: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             shutdown_grace: config.limits.shutdown_grace,

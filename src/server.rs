@@ -13,10 +13,10 @@ use crate::config::{
     AcmeConfig, Config, DirectoryConfig, ListenerConfig, PortalConfig, ScimConfig,
 };
 use crate::gateway::{Gateway, ServeError};
-use crate::imap::warm;
 use crate::net::listener;
 use crate::ops::http;
 use crate::portal::{self, Portal};
+use crate::upstream::warm;
 
 /// At shutdown, the audit queue is written within what remains of the grace once the
 /// sessions have ended, and at least this long.
@@ -185,7 +185,18 @@ pub async fn run(gateway: Arc<Gateway>, bound: Bound, shutdown: impl Future<Outp
     let current = gateway.clone();
     services.spawn(warm::keep_ready(
         gateway.imap_warm.clone(),
+        "imap",
         move || current.imap_upstream(),
+        |upstream| async move { crate::imap::upstream::connect(&upstream).await },
+        gateway.metrics.upstream_errors.clone(),
+        gateway.drain.clone(),
+    ));
+    let current = gateway.clone();
+    services.spawn(warm::keep_ready(
+        gateway.pop3_warm.clone(),
+        "pop3",
+        move || current.pop3_upstream(),
+        |upstream| async move { crate::pop3::upstream::connect(&upstream).await },
         gateway.metrics.upstream_errors.clone(),
         gateway.drain.clone(),
     ));

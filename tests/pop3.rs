@@ -589,3 +589,40 @@ async fn hostile_input_gets_clean_errors() {
     assert!(multiline(&mut client).await.iter().any(|c| c == "USER"));
     postern.stop().await;
 }
+
+/// Logins start from upstream connections greeted ahead (the pool refills between them),
+/// and XCLIENT still gives Dovecot each client's own address.
+#[tokio::test(flavor = "multi_thread")]
+async fn logins_use_warm_upstream_connections() {
+    let (dovecot, postern, password) = setup().await;
+    for round in 1..=3u8 {
+        // Readiness, not a sleep: the pool (4 by default) fills in the background.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while postern.gateway.pop3_warm.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no warm connection");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let from = format!("127.0.1.{round}");
+        let (mut client, _) =
+            ImapClient::connect_tls_from(from.parse().unwrap(), postern.pop3s, &postern.ca_path)
+                .await;
+        command(&mut client, &format!("USER {LOGIN}")).await;
+        let reply = command(&mut client, &format!("PASS {password}")).await;
+        assert!(reply.starts_with("+OK"), "{reply}");
+        assert!(command(&mut client, "STAT").await.starts_with("+OK 3 "));
+        assert!(command(&mut client, "QUIT").await.starts_with("+OK"));
+        let metrics = postern.metrics();
+        let warm = r#"postern_upstream_logins_total{connection="warm",protocol="pop3"}"#;
+        let new = r#"postern_upstream_logins_total{connection="new",protocol="pop3"}"#;
+        assert_eq!(metric(&metrics, warm), f64::from(round), "{metrics}");
+        assert_eq!(metric(&metrics, new), 0.0, "{metrics}");
+        let log = dovecot.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("pop3-login: Info: Login: user=<alice>")
+                    && l.contains(&format!("rip={from},"))),
+            "{log}"
+        );
+    }
+    postern.stop().await;
+}

@@ -29,7 +29,7 @@ impl Issuer {
         Issuer { accounts, domain }
     }
 
-    /// Issues one app password (imap and smtp) per job `(user, n)` to `user@domain`, four
+    /// Issues one app password (imap, smtp and pop3) per job `(user, n)` to `user@domain`, four
     /// at a time (the hash pool bounds it anyway); returns `(user, password)` pairs in no
     /// particular order.
     pub async fn issue_all(&self, jobs: Vec<(String, usize)>) -> Vec<(String, String)> {
@@ -50,7 +50,7 @@ impl Issuer {
                         .issue_app_password(IssueRequest {
                             login: &login,
                             name: &label,
-                            scopes: &[Scope::Imap, Scope::Smtp],
+                            scopes: &[Scope::Imap, Scope::Smtp, Scope::Pop3],
                             expires_at: None,
                             actor: postern::accounts::Actor::Cli,
                         })

@@ -7,6 +7,9 @@
 //!   buffered line reader;
 //! - [`imap`]: a small IMAP client (greeting, LOGIN, SELECT, IDLE/DONE, FETCH, LOGOUT)
 //!   that skips literals without keeping them, and a whole login cycle;
+//! - [`pop3`]: a small POP3 client (USER/PASS, UIDL, RETR, QUIT) that counts multi-line
+//!   answers without keeping them, and a whole login cycle;
+//! - [`portal`]: a browser for the self-service portal (cookies, form token, sign-in);
 //! - [`flood`]: wrong passwords as fast as the server answers them;
 //! - [`smtp`]: a small submission client (EHLO, AUTH PLAIN, MAIL/RCPT/DATA), and the
 //!   "RSS while a big message passes" measurement;
@@ -23,6 +26,8 @@ pub mod flood;
 pub mod imap;
 pub mod message;
 pub mod net;
+pub mod pop3;
+pub mod portal;
 pub mod postern;
 pub mod procfs;
 pub mod smtp;

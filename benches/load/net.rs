@@ -138,13 +138,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Buffered<S> {
 
     /// The next line, CRLF included, as bytes.
     pub async fn read_line_bytes(&mut self) -> Result<Vec<u8>> {
+        self.with_line(<[u8]>::to_vec).await
+    }
+
+    /// Hands the next line, CRLF included, to `f` without copying it.
+    pub async fn with_line<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
         let mut scanned = self.start;
         loop {
             if let Some(lf) = self.buf[scanned..].iter().position(|&b| b == b'\n') {
                 let end = scanned + lf + 1;
-                let line = self.buf[self.start..end].to_vec();
+                let result = f(&self.buf[self.start..end]);
                 self.start = end;
-                return Ok(line);
+                return Ok(result);
             }
             scanned = self.buf.len();
             let offset = scanned - self.start;

@@ -16,6 +16,11 @@ pub struct Settings {
     pub imaps: bool,
     /// An implicit-TLS SMTP submission listener (`smtps`).
     pub smtps: bool,
+    /// An implicit-TLS POP3 listener (`pop3s`).
+    pub pop3s: bool,
+    /// The self-service portal, signing in with the upstream IMAP password and no second
+    /// factor (`require_mfa = false`).
+    pub portal: bool,
     /// The listeners' certificate; `None`: a fresh leaf from a test CA in postern's dir.
     pub tls: Option<TlsFiles>,
     /// `max_connections` of every listener.
@@ -33,6 +38,8 @@ impl Default for Settings {
         Settings {
             imaps: true,
             smtps: true,
+            pop3s: false,
+            portal: false,
             tls: None,
             max_connections: 10_000,
             extra: String::new(),
@@ -48,13 +55,16 @@ pub struct PosternProcess {
     pub store_url: String,
     pub imaps: Option<SocketAddr>,
     pub smtps: Option<SocketAddr>,
+    pub pop3s: Option<SocketAddr>,
+    /// The portal's base URL (`https://localhost:port`).
+    pub portal: Option<String>,
     pub http: SocketAddr,
     /// The CA that issued the listeners' certificate.
     pub ca_path: PathBuf,
 }
 
 impl PosternProcess {
-    /// Writes the config (upstreams: `dovecot`'s imaps and submissions ports, implicit
+    /// Writes the config (upstreams: `dovecot`'s imaps, submissions and pop3s ports, implicit
     /// TLS, SASL PLAIN with the master user), starts `postern serve` and waits until
     /// /healthz answers and the listeners accept connections. The store (SQLite in the
     /// temp dir) is created and migrated by postern itself.
@@ -110,9 +120,11 @@ max_connections = {max}
         };
         let imaps = settings.imaps.then(|| listener("imaps", "imap"));
         let smtps = settings.smtps.then(|| listener("smtps", "smtp"));
+        let pop3s = settings.pop3s.then(|| listener("pop3s", "pop3"));
         for (section, port) in [
             ("imap", dovecot.imaps_port),
             ("smtp", dovecot.submissions_port),
+            ("pop3", dovecot.pop3s_port),
         ] {
             text.push_str(&format!(
                 r#"
@@ -130,6 +142,15 @@ master_password_file = "{master_password_file}"
                 master_password_file = master_password_file.display(),
             ));
         }
+        let portal = settings.portal.then(|| {
+            let port = free_port();
+            ports.push(port);
+            let url = format!("https://localhost:{port}");
+            text.push_str(&format!(
+                "\n[portal]\nbind = \"127.0.0.1:{port}\"\npublic_url = \"{url}\"\nrequire_mfa = false\n"
+            ));
+            url
+        });
         text.push_str(&format!(
             "\n[http]\nbind = \"127.0.0.1:{http_port}\"\n\n{}\n",
             settings.extra
@@ -170,6 +191,8 @@ master_password_file = "{master_password_file}"
             store_url,
             imaps,
             smtps,
+            pop3s,
+            portal,
             http: SocketAddr::from(([127, 0, 0, 1], http_port)),
             ca_path,
         };

@@ -1,7 +1,6 @@
-//! IMAP: the pre-auth state machine, the session that drives it, the upstream login and
-//! the warm upstream connections it starts from.
+//! IMAP: the pre-auth state machine, the session that drives it, and the upstream login
+//! (from a warm connection when one is ready, `upstream::warm`).
 
 pub mod preauth;
 pub mod session;
 pub mod upstream;
-pub mod warm;

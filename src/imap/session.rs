@@ -10,7 +10,7 @@ use super::upstream::{self as imap_upstream, LoggedIn, LoginRequest};
 use crate::auth::Grant;
 use crate::gateway::Gateway;
 use crate::protocol::Protocol;
-use crate::session::login::UpstreamSession;
+use crate::session::login::{self, UpstreamSession};
 use crate::session::{AfterLogin, Machine, ProtocolSession, Relaying, Replies, Step};
 use crate::upstream::UpstreamError;
 
@@ -142,28 +142,12 @@ async fn upstream_login(
             "IMAP (no [upstream.imap] configured)",
         ));
     };
-    if let Some(warm) = gateway.imap_warm.take(&upstream) {
-        let connect_time = warm.connect_time;
-        match imap_upstream::log_in(warm, &upstream, request).await {
-            // The upstream dropped the warm connection just before it was taken.
-            Err(UpstreamError::Io { .. } | UpstreamError::Closed(_)) => {
-                tracing::debug!("warm upstream connection was gone; connecting anew");
-            }
-            result => {
-                return result.map(|session| UpstreamSession {
-                    session,
-                    connect_time,
-                    warm: true,
-                })
-            }
-        }
-    }
-    let (session, connect_time) = imap_upstream::login(&upstream, request).await?;
-    Ok(UpstreamSession {
-        session,
-        connect_time,
-        warm: false,
-    })
+    login::warm_or_new(
+        gateway.imap_warm.take(&upstream),
+        |warm| imap_upstream::log_in(warm, &upstream, request),
+        || imap_upstream::login(&upstream, request),
+    )
+    .await
 }
 
 /// The client's ID fields as one line for the audit trail: `name=Mac OS X Mail; version=16.0`.

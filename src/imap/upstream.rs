@@ -3,7 +3,6 @@
 //! a master-user LOGIN. What it returns is ready for the byte relay.
 
 use std::net::SocketAddr;
-use std::task::Context;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -14,6 +13,7 @@ use crate::auth::Secret;
 use crate::config::UpstreamTls;
 use crate::net::stream::Stream;
 use crate::upstream::credentials::Credentials;
+use crate::upstream::warm::{self, WarmConnection};
 use crate::upstream::{within, Upstream, UpstreamError};
 
 /// Longest upstream response line (with literals) read during login.
@@ -46,7 +46,7 @@ pub struct LoggedIn {
 
 /// An upstream connection that is connected, upgraded to TLS where configured and
 /// greeted, with the capabilities it announced: ready for a login. Made ahead of time by
-/// the warm pool (`imap::warm`) or on demand.
+/// the warm pool (`upstream::warm`) or on demand.
 pub struct Greeted {
     conn: Conversation,
     capabilities: String,
@@ -56,23 +56,17 @@ pub struct Greeted {
     pub ready_at: Instant,
 }
 
-impl Greeted {
-    /// Younger than `max_age`, and the upstream has sent nothing since its greeting: a
-    /// server that closed the connection (or said BYE) has made the socket readable.
-    pub fn is_usable(&self, max_age: Duration) -> bool {
-        if self.ready_at.elapsed() >= max_age || !self.conn.buffer.is_empty() {
-            return false;
-        }
-        // Nothing to read and no end of file: the upstream waits for a command. A peek,
-        // not the socket's readiness flag, which may still be set after the last read.
-        let mut context = Context::from_waker(std::task::Waker::noop());
-        let mut byte = [0u8; 1];
-        let mut peeked = tokio::io::ReadBuf::new(&mut byte);
-        self.conn
-            .stream
-            .tcp()
-            .poll_peek(&mut context, &mut peeked)
-            .is_pending()
+impl WarmConnection for Greeted {
+    fn ready_at(&self) -> Instant {
+        self.ready_at
+    }
+
+    fn connect_time(&self) -> Duration {
+        self.connect_time
+    }
+
+    fn is_usable(&self, max_age: Duration) -> bool {
+        warm::waiting(&self.conn.stream, &self.conn.buffer, self.ready_at, max_age)
     }
 }
 

@@ -9,7 +9,7 @@ use super::upstream::{self as pop3_upstream, LoggedIn, LoginRequest};
 use crate::auth::Grant;
 use crate::gateway::Gateway;
 use crate::protocol::Protocol;
-use crate::session::login::UpstreamSession;
+use crate::session::login::{self, UpstreamSession};
 use crate::session::{AfterLogin, ProtocolSession, Relaying, Replies};
 use crate::upstream::UpstreamError;
 
@@ -67,12 +67,12 @@ impl ProtocolSession for Pop3Session {
             upstream_user: &grant.upstream_user,
             client: self.client,
         };
-        let (session, connect_time) = pop3_upstream::login(&upstream, &request).await?;
-        Ok(UpstreamSession {
-            session,
-            connect_time,
-            warm: false,
-        })
+        login::warm_or_new(
+            self.gateway.pop3_warm.take(&upstream),
+            |warm| pop3_upstream::log_in(warm, &upstream, &request),
+            || pop3_upstream::login(&upstream, &request),
+        )
+        .await
     }
 
     fn logged_in(

@@ -8,11 +8,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
 use crate::auth::Secret;
 use crate::config::UpstreamTls;
 use crate::net::stream::Stream;
 use crate::upstream::credentials::Credentials;
+use crate::upstream::warm::{self, WarmConnection};
 use crate::upstream::{within, Upstream, UpstreamError};
 
 /// Longest upstream line read during login.
@@ -147,6 +149,22 @@ pub struct Greeted {
     capabilities: Vec<String>,
     /// How long the TCP connect and TLS handshake took.
     pub connect_time: Duration,
+    /// When it became ready.
+    ready_at: Instant,
+}
+
+impl WarmConnection for Greeted {
+    fn ready_at(&self) -> Instant {
+        self.ready_at
+    }
+
+    fn connect_time(&self) -> Duration {
+        self.connect_time
+    }
+
+    fn is_usable(&self, max_age: Duration) -> bool {
+        warm::waiting(&self.conn.stream, &self.conn.buffer, self.ready_at, max_age)
+    }
 }
 
 /// Connects, reads the greeting, does STLS when configured, and learns the capabilities.
@@ -176,6 +194,7 @@ pub async fn connect(upstream: &Upstream) -> Result<Greeted, UpstreamError> {
         conn,
         capabilities,
         connect_time,
+        ready_at: Instant::now(),
     })
 }
 
@@ -185,11 +204,23 @@ pub async fn login(
     upstream: &Upstream,
     request: &LoginRequest<'_>,
 ) -> Result<(LoggedIn, Duration), UpstreamError> {
+    let greeted = connect(upstream).await?;
+    let connect_time = greeted.connect_time;
+    Ok((log_in(greeted, upstream, request).await?, connect_time))
+}
+
+/// Logs in on a greeted connection (a warm one, or one just made): XCLIENT with the
+/// client's address where offered, then the credentials.
+pub async fn log_in(
+    greeted: Greeted,
+    upstream: &Upstream,
+    request: &LoginRequest<'_>,
+) -> Result<LoggedIn, UpstreamError> {
     let Greeted {
         mut conn,
         capabilities,
-        connect_time,
-    } = connect(upstream).await?;
+        ..
+    } = greeted;
     let has = |name: &str| {
         capabilities.iter().any(|line| {
             line.split_ascii_whitespace()
@@ -218,14 +249,11 @@ pub async fn login(
         }
     }
     match reply {
-        Reply::Ok(ok_line) => Ok((
-            LoggedIn {
-                stream: conn.stream,
-                ok_line,
-                pending: conn.buffer,
-            },
-            connect_time,
-        )),
+        Reply::Ok(ok_line) => Ok(LoggedIn {
+            stream: conn.stream,
+            ok_line,
+            pending: conn.buffer,
+        }),
         Reply::Err(error) => Err(refusal(&error)),
         Reply::Continue(_) => Err(UpstreamError::Protocol { phase: "login" }),
     }

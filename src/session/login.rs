@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::auth::{Grant, LoginAttempt, Verdict};
 use crate::gateway::Gateway;
 use crate::session::live::SessionSlot;
+use crate::upstream::warm::WarmConnection;
 use crate::upstream::UpstreamError;
 
 /// A connection logged in upstream, as a protocol's upstream login returns it.
@@ -19,6 +20,42 @@ pub struct UpstreamSession<U> {
     /// Whether the login started from a warm connection: the `connection` label of
     /// `postern_upstream_logins_total`.
     pub warm: bool,
+}
+
+/// Logs in upstream on `warm`, a connection greeted ahead, when there is one, else on a
+/// new connection with `log_in_new` (also when the warm one turns out to be gone).
+pub async fn warm_or_new<W, U, WarmLogin, NewLogin>(
+    warm: Option<W>,
+    log_in_warm: impl FnOnce(W) -> WarmLogin,
+    log_in_new: impl FnOnce() -> NewLogin,
+) -> Result<UpstreamSession<U>, UpstreamError>
+where
+    W: WarmConnection,
+    WarmLogin: Future<Output = Result<U, UpstreamError>>,
+    NewLogin: Future<Output = Result<(U, Duration), UpstreamError>>,
+{
+    if let Some(warm) = warm {
+        let connect_time = warm.connect_time();
+        match log_in_warm(warm).await {
+            // The upstream dropped the warm connection just before it was taken.
+            Err(UpstreamError::Io { .. } | UpstreamError::Closed(_)) => {
+                tracing::debug!("warm upstream connection was gone; connecting anew");
+            }
+            result => {
+                return result.map(|session| UpstreamSession {
+                    session,
+                    connect_time,
+                    warm: true,
+                })
+            }
+        }
+    }
+    let (session, connect_time) = log_in_new().await?;
+    Ok(UpstreamSession {
+        session,
+        connect_time,
+        warm: false,
+    })
 }
 
 /// How a login ended, which decides the client's reply.

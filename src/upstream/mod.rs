@@ -1,9 +1,11 @@
-//! The road to the real mail server: TCP connect and TLS under named timeouts, and the
-//! credentials postern logs in with ([`credentials`]). The protocol-specific login lives
-//! with each protocol (`imap::upstream`, `smtp::upstream`).
+//! The road to the real mail server: TCP connect and TLS under named timeouts, the
+//! credentials postern logs in with ([`credentials`]) and the connections kept greeted
+//! ahead of logins ([`warm`]). The protocol-specific login lives with each protocol
+//! (`imap::upstream`, `smtp::upstream`, `pop3::upstream`).
 
 pub mod credentials;
 pub mod probe;
+pub mod warm;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -26,9 +26,10 @@ pub struct DovecotOptions {
     /// and `mail_max_userip_connections`. `None`: Dovecot's limits (100 processes per
     /// service) and 1000 connections per user and address.
     pub max_sessions: Option<u32>,
-    /// imap-login in Dovecot's "high-performance" mode (`service_count = 0`, one
-    /// long-lived login process per core, each proxying many clients' TLS) instead of
-    /// the default "high-security" mode (a new login process per connection).
+    /// The login services (imap-login, submission-login, pop3-login) in Dovecot's
+    /// "high-performance" mode (`service_count = 0`, one long-lived login process per
+    /// core, each proxying many clients' TLS) instead of the default "high-security" mode
+    /// (a new login process per connection).
     pub login_high_performance: bool,
     /// IMAP sessions served by one imap process (`client_limit`); `None`: 1, Dovecot's
     /// default.
@@ -407,7 +408,7 @@ impl Dovecot {
             self.imap_port, self.imaps_port
         ));
         line(&format!(
-            "service submission-login {{\n{chroot}  inet_listener submission {{\n    address = 127.0.0.1\n    \
+            "service submission-login {{\n{chroot}{login_settings}  inet_listener submission {{\n    address = 127.0.0.1\n    \
              port = {}\n  }}\n  inet_listener submissions {{\n    address = 127.0.0.1\n    port = {}\n    \
              ssl = yes\n  }}\n}}",
             self.submission_port, self.submissions_port
@@ -417,7 +418,7 @@ impl Dovecot {
             self.lmtp_port
         ));
         line(&format!(
-            "service pop3-login {{\n{chroot}  inet_listener pop3 {{\n    address = 127.0.0.1\n    \
+            "service pop3-login {{\n{chroot}{login_settings}  inet_listener pop3 {{\n    address = 127.0.0.1\n    \
              port = {}\n  }}\n  inet_listener pop3s {{\n    address = 127.0.0.1\n    port = {}\n    \
              ssl = yes\n  }}\n}}",
             self.pop3_port, self.pop3s_port

@@ -1,9 +1,12 @@
-//! Upstream IMAP connections made ahead of logins: connected, TLS done, greeted and kept
-//! for a short while, so that a client's login waits only for the upstream's login and not
-//! for a second TCP and TLS handshake. Refilled in the background as logins take them.
+//! Upstream connections made ahead of logins, for any protocol: connected, TLS done,
+//! greeted and kept for a short while, so that a client's login waits only for the
+//! upstream's login and not for a second TCP and TLS handshake. Refilled in the
+//! background as logins take them.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::task::Context;
 use std::time::Duration;
 
 use prometheus::IntCounterVec;
@@ -11,26 +14,61 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::imap::upstream::{self, Greeted};
-use crate::upstream::Upstream;
+use crate::net::stream::Stream;
+use crate::upstream::{Upstream, UpstreamError};
 
 /// The first pause after a failed connect; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// A greeted connection a protocol keeps warm.
+pub trait WarmConnection: Send + 'static {
+    /// When it became ready.
+    fn ready_at(&self) -> Instant;
+    /// How long its TCP connect and TLS handshake took.
+    fn connect_time(&self) -> Duration;
+    /// Younger than `max_age` and still waiting for a command (see [`waiting`]).
+    fn is_usable(&self, max_age: Duration) -> bool;
+}
+
+/// Whether a greeted connection still waits for a command: younger than `max_age`,
+/// nothing read ahead, and nothing to read and no end of file on the socket (a server
+/// that closed the connection, or said goodbye, has made it readable). A peek, not the
+/// socket's readiness flag, which may still be set after the last read.
+pub fn waiting(stream: &Stream, read_ahead: &[u8], ready_at: Instant, max_age: Duration) -> bool {
+    if ready_at.elapsed() >= max_age || !read_ahead.is_empty() {
+        return false;
+    }
+    let mut context = Context::from_waker(std::task::Waker::noop());
+    let mut byte = [0u8; 1];
+    let mut peeked = tokio::io::ReadBuf::new(&mut byte);
+    stream
+        .tcp()
+        .poll_peek(&mut context, &mut peeked)
+        .is_pending()
+}
+
 /// Warm connections, each with the upstream configuration it was made for (a reload
 /// retires the others).
-#[derive(Default)]
-pub struct WarmConnections {
-    ready: Mutex<VecDeque<(Arc<Upstream>, Greeted)>>,
+pub struct WarmConnections<G> {
+    ready: Mutex<VecDeque<(Arc<Upstream>, G)>>,
     /// Wakes the refiller when one is taken.
     taken: Notify,
 }
 
-impl WarmConnections {
+impl<G> Default for WarmConnections<G> {
+    fn default() -> Self {
+        Self {
+            ready: Mutex::new(VecDeque::new()),
+            taken: Notify::new(),
+        }
+    }
+}
+
+impl<G: WarmConnection> WarmConnections<G> {
     /// A usable warm connection to `upstream`, if one is ready. Stale ones met on the way
     /// are dropped.
-    pub fn take(&self, upstream: &Arc<Upstream>) -> Option<Greeted> {
+    pub fn take(&self, upstream: &Arc<Upstream>) -> Option<G> {
         let found = {
             let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
             let mut found = None;
@@ -64,12 +102,12 @@ impl WarmConnections {
         });
         let oldest = ready
             .iter()
-            .map(|(_, greeted)| greeted.ready_at + current.warm_max_age)
+            .map(|(_, greeted)| greeted.ready_at() + current.warm_max_age)
             .min();
         (ready.len(), oldest)
     }
 
-    fn put(&self, upstream: Arc<Upstream>, greeted: Greeted) {
+    fn put(&self, upstream: Arc<Upstream>, greeted: G) {
         let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
         ready.push_back((upstream, greeted));
     }
@@ -80,15 +118,21 @@ impl WarmConnections {
 }
 
 /// Keeps `warm_connections` of the upstream that `current` names (it changes on reload)
-/// ready in `warm` until `stop`: one connect at a time, replacing those taken or gone
-/// stale, pausing with a growing backoff while the upstream fails. Failures count in
-/// `upstream_errors` (`postern_upstream_errors_total{protocol="imap"}`) like a login's.
-pub async fn keep_ready(
-    warm: Arc<WarmConnections>,
+/// ready in `warm` until `stop`, made by `connect`: one connect at a time, replacing those
+/// taken or gone stale, pausing with a growing backoff while the upstream fails. Failures
+/// count in `upstream_errors` (`postern_upstream_errors_total{protocol}`) like a login's.
+pub async fn keep_ready<G, C, F>(
+    warm: Arc<WarmConnections<G>>,
+    protocol: &'static str,
     current: impl Fn() -> Option<Arc<Upstream>>,
+    connect: C,
     upstream_errors: IntCounterVec,
     stop: CancellationToken,
-) {
+) where
+    G: WarmConnection,
+    C: Fn(Arc<Upstream>) -> F,
+    F: Future<Output = Result<G, UpstreamError>>,
+{
     let mut backoff = MIN_BACKOFF;
     loop {
         let upstream = current();
@@ -100,7 +144,7 @@ pub async fn keep_ready(
         if let Some(upstream) = upstream.filter(|_| count < wanted) {
             let connected = tokio::select! {
                 () = stop.cancelled() => break,
-                connected = upstream::connect(&upstream) => connected,
+                connected = connect(upstream.clone()) => connected,
             };
             match connected {
                 Ok(greeted) => {
@@ -109,9 +153,9 @@ pub async fn keep_ready(
                 }
                 Err(error) => {
                     upstream_errors
-                        .with_label_values(&["imap", error.reason()])
+                        .with_label_values(&[protocol, error.reason()])
                         .inc();
-                    tracing::debug!(%error, retry_in = ?backoff, "could not make a warm upstream connection");
+                    tracing::debug!(%error, protocol, retry_in = ?backoff, "could not make a warm upstream connection");
                     tokio::select! {
                         () = stop.cancelled() => break,
                         () = tokio::time::sleep(backoff) => {}
@@ -147,7 +191,38 @@ mod tests {
 
     use crate::config::UpstreamConfig;
 
-    const GREETING: &[u8] = b"* OK [CAPABILITY IMAP4rev1 SASL-IR ID AUTH=PLAIN] ready\r\n";
+    const GREETING: &[u8] = b"+OK ready\r\n";
+
+    /// A connection whose greeting was read, as a protocol's own would be.
+    struct Greeted {
+        stream: Stream,
+        ready_at: Instant,
+    }
+
+    impl WarmConnection for Greeted {
+        fn ready_at(&self) -> Instant {
+            self.ready_at
+        }
+
+        fn connect_time(&self) -> Duration {
+            Duration::ZERO
+        }
+
+        fn is_usable(&self, max_age: Duration) -> bool {
+            waiting(&self.stream, &[], self.ready_at, max_age)
+        }
+    }
+
+    async fn connect(upstream: &Upstream) -> Greeted {
+        use tokio::io::AsyncReadExt;
+        let (mut stream, _) = upstream.connect().await.unwrap();
+        let mut greeting = [0u8; GREETING.len()];
+        stream.read_exact(&mut greeting).await.unwrap();
+        Greeted {
+            stream,
+            ready_at: Instant::now(),
+        }
+    }
 
     /// A scripted upstream on loopback without TLS, and its configuration.
     async fn scripted_upstream(max_age: &str) -> (Arc<Upstream>, TcpListener) {
@@ -169,12 +244,12 @@ mod tests {
 
     /// A greeted connection and the upstream's end of it.
     async fn greeted(upstream: &Upstream, listener: &TcpListener) -> (Greeted, TcpStream) {
-        let (greeted, accepted) = tokio::join!(upstream::connect(upstream), async {
+        let (greeted, accepted) = tokio::join!(connect(upstream), async {
             let (mut socket, _) = listener.accept().await.unwrap();
             socket.write_all(GREETING).await.unwrap();
             socket
         });
-        (greeted.unwrap(), accepted)
+        (greeted, accepted)
     }
 
     #[tokio::test]
