@@ -21,7 +21,10 @@
 //! - `BENCH_DOVECOT_LOGIN` (`performance`): `performance` (`service_count = 0`, one
 //!   long-lived login process per core, as sites with many users run Dovecot) or
 //!   `security` (a login process per connection, Dovecot's default);
-//! - `BENCH_GROWTH_USERS` (1000000): the store size of the growth row's big case.
+//! - `BENCH_GROWTH_USERS` (1000000): the store size of the growth row's big case;
+//! - `BENCH_PERF` (unset): `imap-c1`, `imap-c32`, `pop3-c1` or `pop3-c32` records a
+//!   `perf record -g` profile of postern during that phase of cached logins, in
+//!   `target/perf-<label>.data` (the last run's).
 //!
 //! Choices worth knowing when reading the numbers:
 //! - Dovecot's auth cache is off (`auth_cache_size = 0`, the harness's setting), so a
@@ -100,6 +103,9 @@ const GROWTH_CACHED_CYCLES: usize = 150;
 const GROWTH_UNCACHED_CYCLES: usize = 30;
 const LOOKUPS: usize = 2000;
 const SMALL_STORE_USERS: u64 = 1000;
+
+/// The postern process, whose CPU time each login phase reads.
+static POSTERN_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 const PENALISED_FLOODER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const TRUSTED_FLOODER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
@@ -186,6 +192,7 @@ fn main() {
             log_filter: None,
         },
     );
+    let _ = POSTERN_PID.set(postern.pid());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores.max(2))
         .enable_all()
@@ -715,11 +722,16 @@ impl Creds {
     }
 }
 
+#[derive(Default)]
 struct Phase {
     elapsed: Duration,
     latencies: Latencies,
     errors: usize,
     first_error: Option<String>,
+    /// CPU seconds the whole machine was busy during the phase.
+    machine_cpu: f64,
+    /// CPU seconds the postern process used during the phase.
+    postern_cpu: f64,
 }
 
 impl Phase {
@@ -737,6 +749,40 @@ impl Phase {
             );
         }
     }
+}
+
+/// With `BENCH_PERF=<label>` (e.g. `imap-c32`), runs `perf record -g` on the postern
+/// process while `phase` runs; the profile goes to `target/perf-<label>.data`.
+async fn profiled<T>(label: &str, phase: impl std::future::Future<Output = T>) -> T {
+    let wanted = std::env::var("BENCH_PERF").is_ok_and(|v| v == label);
+    let Some(&pid) = POSTERN_PID.get().filter(|_| wanted) else {
+        return phase.await;
+    };
+    let path = format!("target/perf-{label}.data");
+    let mut perf = std::process::Command::new("perf")
+        .args([
+            "record",
+            "-F",
+            "1999",
+            "-g",
+            "-p",
+            &pid.to_string(),
+            "-o",
+            &path,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run perf record");
+    // perf attaches within a few milliseconds; the phase is seconds long.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let result = phase.await;
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &perf.id().to_string()])
+        .status();
+    let _ = perf.wait();
+    println!("  perf profile of {label}: {path}");
+    result
 }
 
 /// Which protocol's login cycle a phase runs.
@@ -775,6 +821,13 @@ async fn cycle_phase(
     concurrency: usize,
     per_worker: usize,
 ) -> Phase {
+    let postern_cpu = || {
+        POSTERN_PID
+            .get()
+            .and_then(|&pid| procfs::cpu_seconds(pid))
+            .unwrap_or(0.0)
+    };
+    let (machine_before, postern_before) = (procfs::machine_busy_seconds(), postern_cpu());
     let started = Instant::now();
     let mut set = JoinSet::new();
     for worker in 0..concurrency {
@@ -798,12 +851,7 @@ async fn cycle_phase(
             (latencies, errors, first_error)
         });
     }
-    let mut phase = Phase {
-        elapsed: Duration::ZERO,
-        latencies: Latencies::new(),
-        errors: 0,
-        first_error: None,
-    };
+    let mut phase = Phase::default();
     while let Some(done) = set.join_next().await {
         let (latencies, errors, first_error) = done.unwrap();
         phase.latencies.extend(&latencies);
@@ -813,6 +861,8 @@ async fn cycle_phase(
         }
     }
     phase.elapsed = started.elapsed();
+    phase.machine_cpu = procfs::machine_busy_seconds() - machine_before;
+    phase.postern_cpu = postern_cpu() - postern_before;
     phase
 }
 
@@ -822,6 +872,10 @@ struct Series {
     rate: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
+    /// Machine CPU ms per login.
+    machine_cpu: Vec<f64>,
+    /// postern's CPU ms per login.
+    postern_cpu: Vec<f64>,
 }
 
 impl Series {
@@ -829,6 +883,28 @@ impl Series {
         self.rate.push(phase.rate());
         self.p50.push(ms(phase.latencies.p50()));
         self.p99.push(ms(phase.latencies.p99()));
+        let logins = phase.latencies.len().max(1) as f64;
+        self.machine_cpu.push(phase.machine_cpu * 1000.0 / logins);
+        self.postern_cpu.push(phase.postern_cpu * 1000.0 / logins);
+    }
+
+    /// Where a cached login's CPU goes: the whole machine's per login against direct's,
+    /// and postern's own share.
+    fn cpu_lines(&self, bench: &Bench, label: &str, direct: &Series) {
+        bench.add(
+            &format!("{label}: machine CPU ms/login"),
+            2,
+            self.machine_cpu.clone(),
+            direct.machine_cpu.clone(),
+            "clients, postern and Dovecot: /proc/stat".into(),
+        );
+        bench.add(
+            &format!("{label}: postern CPU ms/login"),
+            2,
+            self.postern_cpu.clone(),
+            Vec::new(),
+            "utime+stime of the postern process".into(),
+        );
     }
 }
 
@@ -947,7 +1023,11 @@ impl Bench {
                 for target in self.order(run) {
                     if target.name == "postern" {
                         let creds = self.fixed(&a.cached, target);
-                        let mut phase = login_phase(target, creds, concurrency, cached_n).await;
+                        let mut phase = profiled(
+                            &format!("imap-c{concurrency}"),
+                            login_phase(target, creds, concurrency, cached_n),
+                        )
+                        .await;
                         phase.warn("login cached");
                         cached.push(&mut phase);
                         let creds = self.fresh(concurrency * uncached_n);
@@ -965,6 +1045,7 @@ impl Bench {
             results.push((concurrency, cached, uncached, direct));
         }
         for (c, cached, uncached, direct) in results {
+            cached.cpu_lines(self, &format!("c={c} cached"), &direct);
             for (kind, series) in [("cached", &cached), ("uncached", &uncached)] {
                 self.add(
                     &format!("c={c} {kind}: logins/s"),
@@ -1105,8 +1186,12 @@ impl Bench {
             for run in 0..self.runs {
                 for target in targets(run) {
                     let creds = self.fixed(&a.cached, target);
-                    let mut phase =
-                        cycle_phase(Cycle::Pop3, target, creds, concurrency, per_worker).await;
+                    let phase = cycle_phase(Cycle::Pop3, target, creds, concurrency, per_worker);
+                    let mut phase = if target.name == "postern" {
+                        profiled(&format!("pop3-c{concurrency}"), phase).await
+                    } else {
+                        phase.await
+                    };
                     phase.warn("pop3 login");
                     if target.name == "postern" {
                         through.push(&mut phase);
@@ -1115,6 +1200,7 @@ impl Bench {
                     }
                 }
             }
+            through.cpu_lines(self, &format!("c={concurrency} cached"), &direct);
             for (what, decimals, p, d) in [
                 ("logins/s", 1, &through.rate, &direct.rate),
                 ("p50 ms", 2, &through.p50, &direct.p50),
@@ -1253,12 +1339,7 @@ impl Bench {
                     for user in users.iter().take(concurrency) {
                         set.spawn(worker(kind, user.clone(), requests));
                     }
-                    let mut phase = Phase {
-                        elapsed: Duration::ZERO,
-                        latencies: Latencies::new(),
-                        errors: 0,
-                        first_error: None,
-                    };
+                    let mut phase = Phase::default();
                     while let Some(done) = set.join_next().await {
                         match done.unwrap() {
                             Ok(latencies) => phase.latencies.extend(&latencies),
