@@ -4,7 +4,8 @@
 //!     cargo bench --bench gateway -- login relay       # only these rows
 //!     BENCH_RUNS=5 cargo bench --bench gateway         # more runs
 //!
-//! Rows: `login`, `relay`, `pop3`, `portal`, `idle`, `smtp`, `flood`, `growth`. It starts a private
+//! Rows: `login`, `relay`, `pop3`, `xoauth2`, `instances`, `portal`, `idle`, `smtp`,
+//! `flood`, `growth`. It starts a private
 //! Dovecot (IMAP, POP3 and submission; tests/support) and the release `postern` binary as a separate
 //! process in front of it (so its RSS and CPU are its own), then measures every row
 //! through postern and straight against Dovecot, alternating which goes first from run to
@@ -71,8 +72,17 @@ use tokio::task::JoinSet;
 const MIB: u64 = 1024 * 1024;
 const DOMAIN: &str = "example.test";
 
-const ROWS: [&str; 8] = [
-    "login", "relay", "pop3", "portal", "idle", "smtp", "flood", "growth",
+const ROWS: [&str; 10] = [
+    "login",
+    "relay",
+    "pop3",
+    "xoauth2",
+    "instances",
+    "portal",
+    "idle",
+    "smtp",
+    "flood",
+    "growth",
 ];
 
 // Work per run (defaults sized for ~10 minutes in all on a 2-core machine).
@@ -167,7 +177,14 @@ fn main() {
         .unwrap();
     let tls = rsa.then(|| rsa_chain(tls_dir.path()));
     let idle_max = idle_sizes.iter().copied().max().unwrap_or(0) as u32;
+    // The xoauth2 row: a real identity provider (npm oidc-provider) whose tokens Dovecot
+    // takes, as in tests/oauth2.rs.
+    let idp = has("xoauth2").then(support::oauth::IdentityProvider::start);
     let dovecot = Dovecot::start_with(DovecotOptions {
+        oauth2: idp.as_ref().map(|idp| support::dovecot::DovecotOAuth2 {
+            issuer: idp.issuer.clone(),
+            keys_dir: idp.keys_dir.clone(),
+        }),
         max_sessions: has("idle").then_some(idle_max + 200),
         login_high_performance: login_performance,
         imap_client_limit: None,
@@ -175,6 +192,8 @@ fn main() {
         tls: tls.clone(),
         ..DovecotOptions::default()
     });
+    let network = "[network]\ntrusted_networks = [\"127.0.0.3/32\"]\nmax_connections_per_ip = 0\n\
+                   max_sessions_per_user_ip = 0\n";
     let postern = PosternProcess::start(
         &dovecot,
         Settings {
@@ -185,13 +204,35 @@ fn main() {
             tls: tls.clone(),
             max_connections: 30_000,
             extra: format!(
-                "[smtp]\nmax_message_size = {}\nmessages_per_hour = 0\nrecipients_per_hour = 0\n\n\
-                 [network]\ntrusted_networks = [\"127.0.0.3/32\"]\nmax_connections_per_ip = 0\nmax_sessions_per_user_ip = 0\n",
+                "[smtp]\nmax_message_size = {}\nmessages_per_hour = 0\nrecipients_per_hour = 0\n\n{network}",
                 (SMTP_HUGE_MIB + 8) * MIB
             ),
-            log_filter: None,
+            ..Settings::default()
         },
     );
+    // A second postern for the xoauth2 row: the same, logging in upstream with a
+    // Microsoft 365-style app token from the provider instead of the master user.
+    let token_postern = idp.as_ref().map(|idp| {
+        PosternProcess::start(
+            &dovecot,
+            Settings {
+                imaps: true,
+                smtps: false,
+                tls: tls.clone(),
+                max_connections: 30_000,
+                upstream_auth: "xoauth2",
+                upstream_extra: "oauth2 = \"idp\"\n".into(),
+                extra: format!(
+                    "[oauth2.idp]\npreset = \"microsoft365\"\ntenant = \"contoso.onmicrosoft.com\"\n\
+                     token_url = \"{}\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\n\n{network}",
+                    idp.token_url,
+                    support::oauth::M365_APP,
+                    idp.secret_file.display()
+                ),
+                ..Settings::default()
+            },
+        )
+    });
     let _ = POSTERN_PID.set(postern.pid());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores.max(2))
@@ -242,6 +283,60 @@ fn main() {
         plan.singles = runs * 2 * GROWTH_UNCACHED_CYCLES + 4;
     }
     let accounts = runtime.block_on(create_accounts(&dovecot, &postern, &store, &plan, &rows));
+    let instances = has("instances").then(|| {
+        let postgres = support::postgres::Postgres::start();
+        let store_url = postgres.create_database("postern");
+        let processes: Vec<PosternProcess> = (0..3)
+            .map(|_| {
+                PosternProcess::start(
+                    &dovecot,
+                    Settings {
+                        imaps: true,
+                        smtps: false,
+                        tls: tls.clone(),
+                        max_connections: 30_000,
+                        store_url: Some(store_url.clone()),
+                        proxy_protocol: true,
+                        extra: format!("{network}proxy_sources = [\"127.0.0.1/32\"]\n"),
+                        ..Settings::default()
+                    },
+                )
+            })
+            .collect();
+        let haproxy = support::haproxy::Haproxy::start(&[support::haproxy::Route::round_robin(
+            &processes
+                .iter()
+                .map(|p| p.imaps.unwrap())
+                .collect::<Vec<_>>(),
+        )]);
+        let target = Target::new(
+            "postern",
+            haproxy.frontends[0],
+            connector(&processes[0].ca_path, resume),
+        );
+        let accounts = runtime.block_on(mirror_accounts(&processes[0], &accounts.cached));
+        Instances {
+            processes,
+            haproxy,
+            target,
+            accounts,
+            postgres,
+        }
+    });
+    let tokens = token_postern.map(|postern| {
+        let accounts = runtime.block_on(mirror_accounts(&postern, &accounts.cached));
+        let target = Target::new(
+            "postern",
+            postern.imaps.unwrap(),
+            connector(&postern.ca_path, resume),
+        );
+        TokenBench {
+            postern,
+            target,
+            accounts,
+            idp: idp.expect("started with the token postern"),
+        }
+    });
     if has("relay") || has("pop3") {
         fill_mailboxes(&dovecot);
     }
@@ -266,6 +361,8 @@ fn main() {
         smtp_direct,
         pop3_postern,
         pop3_direct,
+        tokens,
+        instances,
         accounts,
         runs,
         report: Mutex::new(Report::default()),
@@ -277,6 +374,8 @@ fn main() {
             "login" => runtime.block_on(bench.login()),
             "relay" => runtime.block_on(bench.relay()),
             "pop3" => runtime.block_on(bench.pop3()),
+            "xoauth2" => runtime.block_on(bench.xoauth2()),
+            "instances" => runtime.block_on(bench.instances()),
             "portal" => runtime.block_on(bench.portal()),
             "idle" => bench.idle(&runtime, &idle_sizes),
             "smtp" => runtime.block_on(bench.smtp()),
@@ -314,6 +413,17 @@ fn main() {
         }
     }
     bench.postern.stop();
+    if let Some(mut instances) = bench.instances {
+        for process in instances.processes {
+            process.stop();
+        }
+        drop(instances.haproxy);
+        instances.postgres.stop();
+    }
+    if let Some(tokens) = bench.tokens {
+        tokens.postern.stop();
+        tokens.idp.stop();
+    }
     drop(sysctls);
 }
 
@@ -428,7 +538,10 @@ async fn create_accounts(
     let issuer = Issuer::new(store, &postern.config_path, DOMAIN).await;
     // (user, number of app passwords) to create.
     let mut users: Vec<(String, usize)> = Vec::new();
-    let cached_users = if has("login") || has("growth") || has("pop3") {
+    let cached_users = if ["login", "growth", "pop3", "xoauth2", "instances"]
+        .iter()
+        .any(|row| has(row))
+    {
         C32
     } else {
         1
@@ -543,6 +656,62 @@ fn fill_mailboxes(dovecot: &Dovecot) {
         "delivered {RELAY_MAILBOX} messages and one of {RELAY_BIG_MIB} MiB in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The instances row: three postern processes on one PostgreSQL behind haproxy (round
+/// robin, PROXY v2), and the cached accounts as their shared store knows them.
+struct Instances {
+    processes: Vec<PosternProcess>,
+    haproxy: support::haproxy::Haproxy,
+    target: Target,
+    accounts: Vec<Account>,
+    postgres: support::postgres::Postgres,
+}
+
+/// The xoauth2 row's postern (tokens upstream), its identity provider, and the cached
+/// accounts as its own store knows them.
+struct TokenBench {
+    postern: PosternProcess,
+    target: Target,
+    accounts: Vec<Account>,
+    idp: support::oauth::IdentityProvider,
+}
+
+/// The users of `cached` in another postern's store, each with a new app password.
+async fn mirror_accounts(postern: &PosternProcess, cached: &[Account]) -> Vec<Account> {
+    let store = Store::open(&postern.store_url)
+        .await
+        .expect("open the other postern's store");
+    let now = postern::clock::now();
+    for account in cached {
+        let addresses = vec![account.login.clone()];
+        store
+            .add_user(
+                &NewUser {
+                    login: &account.login,
+                    upstream_user: &account.upstream,
+                    addresses: &addresses,
+                },
+                now,
+            )
+            .await
+            .expect("add user");
+    }
+    let issuer = Issuer::new(&store, &postern.config_path, DOMAIN).await;
+    let issued = issuer
+        .issue_all(cached.iter().map(|a| (a.upstream.clone(), 0)).collect())
+        .await;
+    cached
+        .iter()
+        .map(|account| Account {
+            password: issued
+                .iter()
+                .find(|(name, _)| *name == account.upstream)
+                .map(|(_, password)| password.clone())
+                .expect("issued"),
+            ..account.clone()
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -922,6 +1091,10 @@ struct Bench {
     /// `None` unless the pop3 row runs.
     pop3_postern: Option<Target>,
     pop3_direct: Target,
+    /// `None` unless the xoauth2 row runs.
+    tokens: Option<TokenBench>,
+    /// `None` unless the instances row runs.
+    instances: Option<Instances>,
     accounts: Accounts,
     runs: usize,
     report: Mutex<Report>,
@@ -1274,6 +1447,138 @@ impl Bench {
             uidl_d,
             format!("median of {RELAY_LIST_FETCHES} per run"),
         );
+    }
+
+    /// Cached logins through the postern that logs in upstream with an app token (XOAUTH2,
+    /// the token cached) against the same logins through the one with the master user.
+    async fn xoauth2(&self) {
+        self.section(
+            "xoauth2: cached logins, upstream XOAUTH2 with a cached app token (direct column: \
+             the same logins through postern with the master user)",
+        );
+        let tokens = self.tokens.as_ref().expect("the token postern");
+        let with_token = || {
+            Creds::Fixed(Arc::new(
+                tokens
+                    .accounts
+                    .iter()
+                    .map(|a| a.credentials(&tokens.target))
+                    .collect(),
+            ))
+        };
+        login_phase(&tokens.target, with_token(), 4, 10)
+            .await
+            .warn("xoauth2 warm-up");
+        let requests_before = tokens.idp.token_requests();
+        for (concurrency, per_worker) in [(1, CACHED_C1_CYCLES), (C32, CACHED_C32_PER_WORKER)] {
+            let (mut token, mut master) = (Series::default(), Series::default());
+            for run in 0..self.runs {
+                let token_first = run.is_multiple_of(2);
+                for token_now in [token_first, !token_first] {
+                    if token_now {
+                        let mut phase =
+                            login_phase(&tokens.target, with_token(), concurrency, per_worker)
+                                .await;
+                        phase.warn("xoauth2 login");
+                        token.push(&mut phase);
+                    } else {
+                        let creds = self.fixed(&self.accounts.cached, &self.imap_postern);
+                        let mut phase =
+                            login_phase(&self.imap_postern, creds, concurrency, per_worker).await;
+                        phase.warn("master-user login");
+                        master.push(&mut phase);
+                    }
+                }
+            }
+            for (what, decimals, t, m) in [
+                ("logins/s", 1, &token.rate, &master.rate),
+                ("p50 ms", 2, &token.p50, &master.p50),
+                ("p99 ms", 2, &token.p99, &master.p99),
+            ] {
+                self.add(
+                    &format!("c={concurrency} cached: {what}"),
+                    decimals,
+                    t.clone(),
+                    m.clone(),
+                    String::new(),
+                );
+            }
+        }
+        println!(
+            "  token requests to the provider during the row: {}",
+            tokens.idp.token_requests() - requests_before
+        );
+    }
+
+    /// Cached logins spread over three instances on one PostgreSQL behind haproxy against
+    /// the same logins on the one instance on SQLite, at c = 1 and c = 32.
+    async fn instances(&self) {
+        self.section(
+            "instances: cached logins over three postern instances on PostgreSQL behind \
+             haproxy (direct column: one instance on SQLite, no haproxy)",
+        );
+        let three = self.instances.as_ref().expect("the three instances");
+        let spread = || {
+            Creds::Fixed(Arc::new(
+                three
+                    .accounts
+                    .iter()
+                    .map(|a| a.credentials(&three.target))
+                    .collect(),
+            ))
+        };
+        // Round robin sends an account's three logins in a row to three instances, so
+        // every instance verifies every account once.
+        for _ in 0..3 {
+            for account in &three.accounts {
+                let (login, password) = account.credentials(&three.target);
+                if let Err(e) = login_cycle(&three.target, None, &login, &password).await {
+                    panic!(
+                        "warm-up through haproxy as {login}: {e:#}\n{}",
+                        three.haproxy.log()
+                    );
+                }
+            }
+        }
+        for (concurrency, per_worker) in [(1, CACHED_C1_CYCLES), (C32, CACHED_C32_PER_WORKER)] {
+            let (mut spread_series, mut one) = (Series::default(), Series::default());
+            for run in 0..self.runs {
+                let three_first = run.is_multiple_of(2);
+                for three_now in [three_first, !three_first] {
+                    if three_now {
+                        let mut phase =
+                            login_phase(&three.target, spread(), concurrency, per_worker).await;
+                        phase.warn("three instances");
+                        spread_series.push(&mut phase);
+                    } else {
+                        let creds = self.fixed(&self.accounts.cached, &self.imap_postern);
+                        let mut phase =
+                            login_phase(&self.imap_postern, creds, concurrency, per_worker).await;
+                        phase.warn("one instance");
+                        one.push(&mut phase);
+                    }
+                }
+            }
+            for (what, decimals, t, o) in [
+                ("logins/s", 1, &spread_series.rate, &one.rate),
+                ("p50 ms", 2, &spread_series.p50, &one.p50),
+                ("p99 ms", 2, &spread_series.p99, &one.p99),
+                (
+                    "machine CPU ms/login",
+                    2,
+                    &spread_series.machine_cpu,
+                    &one.machine_cpu,
+                ),
+            ] {
+                self.add(
+                    &format!("c={concurrency} cached: {what}"),
+                    decimals,
+                    t.clone(),
+                    o.clone(),
+                    String::new(),
+                );
+            }
+        }
     }
 
     /// The portal, postern only: the sign-in page, a sign-in (its primary password checked

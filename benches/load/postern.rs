@@ -31,6 +31,15 @@ pub struct Settings {
     pub extra: String,
     /// `POSTERN_LOG` for the server (`None`: postern's default, info).
     pub log_filter: Option<String>,
+    /// How postern logs in upstream: `sasl-plain-authzid` with the master user (the
+    /// default), or a token mode (`xoauth2`) with `upstream_extra` naming the provider.
+    pub upstream_auth: &'static str,
+    /// More lines for every `[upstream.*]` table.
+    pub upstream_extra: String,
+    /// The store (`None`: SQLite in the temp dir).
+    pub store_url: Option<String>,
+    /// The listeners expect a PROXY header (`extra` then names `proxy_sources`).
+    pub proxy_protocol: bool,
 }
 
 impl Default for Settings {
@@ -44,6 +53,10 @@ impl Default for Settings {
             max_connections: 10_000,
             extra: String::new(),
             log_filter: None,
+            upstream_auth: "sasl-plain-authzid",
+            upstream_extra: String::new(),
+            store_url: None,
+            proxy_protocol: false,
         }
     }
 }
@@ -88,7 +101,10 @@ impl PosternProcess {
         )
         .unwrap();
         let http_port = free_port();
-        let store_url = format!("sqlite://{}", dir.path().join("postern.db").display());
+        let store_url = settings
+            .store_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("postern.db").display()));
         let mut text = format!(
             r#"
 [store]
@@ -113,8 +129,10 @@ protocol = "{protocol}"
 bind = "127.0.0.1:{port}"
 tls = "implicit"
 max_connections = {max}
+proxy_protocol = {proxy}
 "#,
-                max = settings.max_connections
+                max = settings.max_connections,
+                proxy = settings.proxy_protocol,
             ));
             SocketAddr::from(([127, 0, 0, 1], port))
         };
@@ -126,6 +144,15 @@ max_connections = {max}
             ("smtp", dovecot.submissions_port),
             ("pop3", dovecot.pop3s_port),
         ] {
+            let credentials = if settings.upstream_auth == "sasl-plain-authzid" {
+                format!(
+                    "master_user = \"{}\"\nmaster_password_file = \"{}\"\n",
+                    dovecot.master_user,
+                    master_password_file.display()
+                )
+            } else {
+                String::new()
+            };
             text.push_str(&format!(
                 r#"
 [upstream.{section}]
@@ -133,13 +160,12 @@ address = "127.0.0.1:{port}"
 tls = "implicit"
 server_name = "localhost"
 ca_file = "{ca_file}"
-auth = "sasl-plain-authzid"
-master_user = "{master_user}"
-master_password_file = "{master_password_file}"
+auth = "{auth}"
+{credentials}{extra}
 "#,
                 ca_file = dovecot.ca_path.display(),
-                master_user = dovecot.master_user,
-                master_password_file = master_password_file.display(),
+                auth = settings.upstream_auth,
+                extra = settings.upstream_extra,
             ));
         }
         let portal = settings.portal.then(|| {
