@@ -954,6 +954,14 @@ async fn profiled<T>(label: &str, phase: impl std::future::Future<Output = T>) -
     result
 }
 
+/// One side of a comparison of cached logins: where, as whom, and the label of its
+/// phases' profile (`BENCH_PERF=<label>-c32`) when it is the postern process.
+struct Side<'a> {
+    target: &'a Target,
+    accounts: &'a [Account],
+    profile: Option<&'a str>,
+}
+
 /// Which protocol's login cycle a phase runs.
 #[derive(Clone, Copy)]
 enum Cycle {
@@ -1059,7 +1067,7 @@ impl Series {
 
     /// Where a cached login's CPU goes: the whole machine's per login against direct's,
     /// and postern's own share.
-    fn cpu_lines(&self, bench: &Bench, label: &str, direct: &Series) {
+    fn cpu_lines(&self, bench: &Bench, label: &str, direct: &Series, postern_cpu: bool) {
         bench.add(
             &format!("{label}: machine CPU ms/login"),
             2,
@@ -1067,6 +1075,9 @@ impl Series {
             direct.machine_cpu.clone(),
             "clients, postern and Dovecot: /proc/stat".into(),
         );
+        if !postern_cpu {
+            return;
+        }
         bench.add(
             &format!("{label}: postern CPU ms/login"),
             2,
@@ -1218,7 +1229,7 @@ impl Bench {
             results.push((concurrency, cached, uncached, direct));
         }
         for (c, cached, uncached, direct) in results {
-            cached.cpu_lines(self, &format!("c={c} cached"), &direct);
+            cached.cpu_lines(self, &format!("c={c} cached"), &direct, true);
             for (kind, series) in [("cached", &cached), ("uncached", &uncached)] {
                 self.add(
                     &format!("c={c} {kind}: logins/s"),
@@ -1333,6 +1344,54 @@ impl Bench {
         }
     }
 
+    /// Cached login cycles of `cycle` at c = 1 and c = 32 through `first` (the report's
+    /// postern column) and `second` (its direct column), alternating which goes first
+    /// from run to run; adds their rate, p50, p99 and CPU lines. `postern_cpu`: `first`
+    /// is the postern process whose own CPU is reported.
+    async fn compare_cached_logins(
+        &self,
+        cycle: Cycle,
+        first: Side<'_>,
+        second: Side<'_>,
+        postern_cpu: bool,
+    ) {
+        for (concurrency, per_worker) in [(1, CACHED_C1_CYCLES), (C32, CACHED_C32_PER_WORKER)] {
+            let (mut first_series, mut second_series) = (Series::default(), Series::default());
+            for run in 0..self.runs {
+                let first_now = run.is_multiple_of(2);
+                for (side, series) in if first_now {
+                    [(&first, &mut first_series), (&second, &mut second_series)]
+                } else {
+                    [(&second, &mut second_series), (&first, &mut first_series)]
+                } {
+                    let creds = self.fixed(side.accounts, side.target);
+                    let phase = cycle_phase(cycle, side.target, creds, concurrency, per_worker);
+                    let mut phase = match side.profile {
+                        Some(label) => profiled(&format!("{label}-c{concurrency}"), phase).await,
+                        None => phase.await,
+                    };
+                    phase.warn("cached login");
+                    series.push(&mut phase);
+                }
+            }
+            let label = format!("c={concurrency} cached");
+            first_series.cpu_lines(self, &label, &second_series, postern_cpu);
+            for (what, decimals, f, s) in [
+                ("logins/s", 1, &first_series.rate, &second_series.rate),
+                ("p50 ms", 2, &first_series.p50, &second_series.p50),
+                ("p99 ms", 2, &first_series.p99, &second_series.p99),
+            ] {
+                self.add(
+                    &format!("{label}: {what}"),
+                    decimals,
+                    f.clone(),
+                    s.clone(),
+                    String::new(),
+                );
+            }
+        }
+    }
+
     /// POP3 through postern and straight to Dovecot's pop3s: login cycles at c = 1 and
     /// c = 32 (cached), RETR of the 10 MiB message, and UIDL of the 2,000-message
     /// mailbox, each on a logged-in session.
@@ -1354,40 +1413,21 @@ impl Bench {
                 .await
                 .warn("pop3 warm-up");
         }
-        for (concurrency, per_worker) in [(1, CACHED_C1_CYCLES), (C32, CACHED_C32_PER_WORKER)] {
-            let (mut through, mut direct) = (Series::default(), Series::default());
-            for run in 0..self.runs {
-                for target in targets(run) {
-                    let creds = self.fixed(&a.cached, target);
-                    let phase = cycle_phase(Cycle::Pop3, target, creds, concurrency, per_worker);
-                    let mut phase = if target.name == "postern" {
-                        profiled(&format!("pop3-c{concurrency}"), phase).await
-                    } else {
-                        phase.await
-                    };
-                    phase.warn("pop3 login");
-                    if target.name == "postern" {
-                        through.push(&mut phase);
-                    } else {
-                        direct.push(&mut phase);
-                    }
-                }
-            }
-            through.cpu_lines(self, &format!("c={concurrency} cached"), &direct);
-            for (what, decimals, p, d) in [
-                ("logins/s", 1, &through.rate, &direct.rate),
-                ("p50 ms", 2, &through.p50, &direct.p50),
-                ("p99 ms", 2, &through.p99, &direct.p99),
-            ] {
-                self.add(
-                    &format!("c={concurrency} cached: {what}"),
-                    decimals,
-                    p.clone(),
-                    d.clone(),
-                    String::new(),
-                );
-            }
-        }
+        self.compare_cached_logins(
+            Cycle::Pop3,
+            Side {
+                target: postern,
+                accounts: &a.cached,
+                profile: Some("pop3"),
+            },
+            Side {
+                target: &self.pop3_direct,
+                accounts: &a.cached,
+                profile: None,
+            },
+            true,
+        )
+        .await;
 
         let (list, big) = (a.relay_list.clone().unwrap(), a.relay_big.clone().unwrap());
         let (mut mibs_p, mut mibs_d, mut uidl_p, mut uidl_d) =
@@ -1457,53 +1497,26 @@ impl Bench {
              the same logins through postern with the master user)",
         );
         let tokens = self.tokens.as_ref().expect("the token postern");
-        let with_token = || {
-            Creds::Fixed(Arc::new(
-                tokens
-                    .accounts
-                    .iter()
-                    .map(|a| a.credentials(&tokens.target))
-                    .collect(),
-            ))
-        };
-        login_phase(&tokens.target, with_token(), 4, 10)
+        let creds = self.fixed(&tokens.accounts, &tokens.target);
+        login_phase(&tokens.target, creds, 4, 10)
             .await
             .warn("xoauth2 warm-up");
         let requests_before = tokens.idp.token_requests();
-        for (concurrency, per_worker) in [(1, CACHED_C1_CYCLES), (C32, CACHED_C32_PER_WORKER)] {
-            let (mut token, mut master) = (Series::default(), Series::default());
-            for run in 0..self.runs {
-                let token_first = run.is_multiple_of(2);
-                for token_now in [token_first, !token_first] {
-                    if token_now {
-                        let mut phase =
-                            login_phase(&tokens.target, with_token(), concurrency, per_worker)
-                                .await;
-                        phase.warn("xoauth2 login");
-                        token.push(&mut phase);
-                    } else {
-                        let creds = self.fixed(&self.accounts.cached, &self.imap_postern);
-                        let mut phase =
-                            login_phase(&self.imap_postern, creds, concurrency, per_worker).await;
-                        phase.warn("master-user login");
-                        master.push(&mut phase);
-                    }
-                }
-            }
-            for (what, decimals, t, m) in [
-                ("logins/s", 1, &token.rate, &master.rate),
-                ("p50 ms", 2, &token.p50, &master.p50),
-                ("p99 ms", 2, &token.p99, &master.p99),
-            ] {
-                self.add(
-                    &format!("c={concurrency} cached: {what}"),
-                    decimals,
-                    t.clone(),
-                    m.clone(),
-                    String::new(),
-                );
-            }
-        }
+        self.compare_cached_logins(
+            Cycle::Imap,
+            Side {
+                target: &tokens.target,
+                accounts: &tokens.accounts,
+                profile: None,
+            },
+            Side {
+                target: &self.imap_postern,
+                accounts: &self.accounts.cached,
+                profile: None,
+            },
+            false,
+        )
+        .await;
         println!(
             "  token requests to the provider during the row: {}",
             tokens.idp.token_requests() - requests_before
@@ -1518,15 +1531,6 @@ impl Bench {
              haproxy (direct column: one instance on SQLite, no haproxy)",
         );
         let three = self.instances.as_ref().expect("the three instances");
-        let spread = || {
-            Creds::Fixed(Arc::new(
-                three
-                    .accounts
-                    .iter()
-                    .map(|a| a.credentials(&three.target))
-                    .collect(),
-            ))
-        };
         // Round robin sends an account's three logins in a row to three instances, so
         // every instance verifies every account once.
         for _ in 0..3 {
@@ -1540,45 +1544,21 @@ impl Bench {
                 }
             }
         }
-        for (concurrency, per_worker) in [(1, CACHED_C1_CYCLES), (C32, CACHED_C32_PER_WORKER)] {
-            let (mut spread_series, mut one) = (Series::default(), Series::default());
-            for run in 0..self.runs {
-                let three_first = run.is_multiple_of(2);
-                for three_now in [three_first, !three_first] {
-                    if three_now {
-                        let mut phase =
-                            login_phase(&three.target, spread(), concurrency, per_worker).await;
-                        phase.warn("three instances");
-                        spread_series.push(&mut phase);
-                    } else {
-                        let creds = self.fixed(&self.accounts.cached, &self.imap_postern);
-                        let mut phase =
-                            login_phase(&self.imap_postern, creds, concurrency, per_worker).await;
-                        phase.warn("one instance");
-                        one.push(&mut phase);
-                    }
-                }
-            }
-            for (what, decimals, t, o) in [
-                ("logins/s", 1, &spread_series.rate, &one.rate),
-                ("p50 ms", 2, &spread_series.p50, &one.p50),
-                ("p99 ms", 2, &spread_series.p99, &one.p99),
-                (
-                    "machine CPU ms/login",
-                    2,
-                    &spread_series.machine_cpu,
-                    &one.machine_cpu,
-                ),
-            ] {
-                self.add(
-                    &format!("c={concurrency} cached: {what}"),
-                    decimals,
-                    t.clone(),
-                    o.clone(),
-                    String::new(),
-                );
-            }
-        }
+        self.compare_cached_logins(
+            Cycle::Imap,
+            Side {
+                target: &three.target,
+                accounts: &three.accounts,
+                profile: None,
+            },
+            Side {
+                target: &self.imap_postern,
+                accounts: &self.accounts.cached,
+                profile: None,
+            },
+            false,
+        )
+        .await;
     }
 
     /// The portal, postern only: the sign-in page, a sign-in (its primary password checked
