@@ -4,8 +4,10 @@
 //! stops being valid (revoked, or expired by the clock).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::Notify;
@@ -182,19 +184,23 @@ impl Authenticated {
     /// disabled or removed) or it expired. The change feed counts revocations in
     /// `postern_revoked_sessions_closed_total`; expiries are counted here.
     pub async fn ended(&self) -> CredentialEnd {
-        let expiry = async {
-            match self.expires {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
+        // Polled by hand rather than with `select!`: a relayed session holds this future
+        // for as long as it idles.
+        let mut revoked = std::pin::pin!(self.live.revoked());
+        let mut expiry = std::pin::pin!(self.expires.map(tokio::time::sleep_until));
+        std::future::poll_fn(|cx| {
+            if revoked.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(CredentialEnd::Revoked);
             }
-        };
-        tokio::select! {
-            () = self.live.revoked() => CredentialEnd::Revoked,
-            () = expiry => {
-                self.closed_at_expiry.inc();
-                CredentialEnd::Expired
+            if let Some(expiry) = expiry.as_mut().as_pin_mut() {
+                if expiry.poll(cx).is_ready() {
+                    self.closed_at_expiry.inc();
+                    return Poll::Ready(CredentialEnd::Expired);
+                }
             }
-        }
+            Poll::Pending
+        })
+        .await
     }
 }
 

@@ -224,7 +224,7 @@ pub async fn serve<P: ProtocolSession>(
     {
         Conversed::Done(outcome, session) => (outcome, session),
         Conversed::Relay(relaying) => {
-            let outcome = relay_session(&gateway, *relaying, P::PROTOCOL, &P::REPLIES)
+            let outcome = relay_session(&gateway, relaying, P::PROTOCOL, &P::REPLIES)
                 .instrument(span.clone())
                 .await;
             (outcome.0, Some(outcome.1))
@@ -270,6 +270,14 @@ struct RelaySession {
     session: Authenticated,
     /// The client's place under the per-address cap.
     _admitted: Admitted<(Arc<str>, IpAddr)>,
+}
+
+impl RelaySession {
+    /// Its fields, with the box freed now: moving out of a box in place would keep the
+    /// allocation until the end of the scope, which is the end of the session.
+    fn unbox(relay: Box<Self>) -> Self {
+        *relay
+    }
 }
 
 /// The conversation with the client, from the TLS handshake to the end or to the relay.
@@ -477,7 +485,7 @@ async fn credential_ended(session: Option<&Authenticated>) -> CredentialEnd {
 /// revoked or expires, or the gateway shuts down.
 async fn relay_session(
     gateway: &Gateway,
-    relay: RelaySession,
+    relay: Box<RelaySession>,
     protocol: Protocol,
     replies: &Replies,
 ) -> (Outcome, Authenticated) {
@@ -486,7 +494,7 @@ async fn relay_session(
         relaying,
         session,
         _admitted,
-    } = relay;
+    } = RelaySession::unbox(relay);
     let Relaying {
         mut upstream,
         mut to_client,
@@ -505,38 +513,41 @@ async fn relay_session(
     }
     drop(to_upstream);
     let ended = std::sync::Mutex::new(None);
-    let stop = async {
-        tokio::select! {
-            end = session.ended() => {
-                *ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+    let end = {
+        // Pinned here and passed by reference, so the relay's future does not hold a copy.
+        let stop = std::pin::pin!(async {
+            tokio::select! {
+                end = session.ended() => {
+                    *ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+                }
+                () = gateway.shutdown.cancelled() => {}
             }
-            () = gateway.shutdown.cancelled() => {}
-        }
+        });
+        let goodbye = relay::Goodbye {
+            when: std::pin::pin!(gateway.drain.cancelled()),
+            message: replies.shutting_down,
+        };
+        let label = protocol.as_str();
+        let counters = RelayCounters {
+            to_upstream: gateway
+                .metrics
+                .relay_bytes
+                .with_label_values(&[label, "to_upstream"]),
+            to_client: gateway
+                .metrics
+                .relay_bytes
+                .with_label_values(&[label, "to_client"]),
+        };
+        relay::relay(
+            &mut client,
+            &mut upstream,
+            gateway.limits.authenticated_idle_timeout,
+            counters,
+            stop,
+            goodbye,
+        )
+        .await
     };
-    let goodbye = relay::Goodbye {
-        when: gateway.drain.cancelled(),
-        message: replies.shutting_down,
-    };
-    let label = protocol.as_str();
-    let counters = RelayCounters {
-        to_upstream: gateway
-            .metrics
-            .relay_bytes
-            .with_label_values(&[label, "to_upstream"]),
-        to_client: gateway
-            .metrics
-            .relay_bytes
-            .with_label_values(&[label, "to_client"]),
-    };
-    let end = relay::relay(
-        client,
-        upstream,
-        gateway.limits.authenticated_idle_timeout,
-        counters,
-        stop,
-        goodbye,
-    )
-    .await;
     let outcome = match ended.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(end) => Outcome::Ended(end),
         None => Outcome::Relayed(end),
