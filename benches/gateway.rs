@@ -4,8 +4,9 @@
 //!     cargo bench --bench gateway -- login relay       # only these rows
 //!     BENCH_RUNS=5 cargo bench --bench gateway         # more runs
 //!
-//! Rows: `login`, `relay`, `pop3`, `xoauth2`, `instances`, `portal`, `idle`, `smtp`,
-//! `flood`, `growth`. It starts a private
+//! Rows: `login`, `relay`, `pop3`, `nginx`, `xoauth2`, `instances`, `portal`, `idle`,
+//! `smtp`, `flood`, `growth`. The nginx row needs `apt-get install nginx-core
+//! libnginx-mod-mail` and is skipped with a warning without them. It starts a private
 //! Dovecot (IMAP, POP3 and submission; tests/support) and the release `postern` binary as a separate
 //! process in front of it (so its RSS and CPU are its own), then measures every row
 //! through postern and straight against Dovecot, alternating which goes first from run to
@@ -16,6 +17,8 @@
 //! Environment:
 //! - `BENCH_RUNS` (3): repetitions of every row but idle;
 //! - `BENCH_IDLE_SESSIONS` ("1000,8000"): the idle session counts, ascending;
+//! - `BENCH_IDLE_PROTOCOL` (`imap`): `imap` (sessions in IDLE) or `pop3` (logged-in
+//!   sessions, silent) for the idle row, one per run;
 //! - `BENCH_TLS_KEY` (`rsa`): `rsa` (RSA-2048, as the issue's reference numbers) or
 //!   `ecdsa` (P-256 from the test CA) for both servers' certificates;
 //! - `BENCH_TLS_RESUME` (unset): set to 1 to let the load clients resume TLS sessions;
@@ -56,6 +59,7 @@ use load::flood::Flood;
 use load::imap::{idle_session, login_cycle, ImapClient};
 use load::message::{mailbox_message, Generator};
 use load::net::{connector, rsa_chain, Target};
+use load::nginx::Nginx;
 use load::postern::{metric, PosternProcess, Settings};
 use load::procfs;
 use load::smtp::{measure_big_message, SmtpClient};
@@ -72,10 +76,11 @@ use tokio::task::JoinSet;
 const MIB: u64 = 1024 * 1024;
 const DOMAIN: &str = "example.test";
 
-const ROWS: [&str; 10] = [
+const ROWS: [&str; 11] = [
     "login",
     "relay",
     "pop3",
+    "nginx",
     "xoauth2",
     "instances",
     "portal",
@@ -199,7 +204,7 @@ fn main() {
         Settings {
             imaps: true,
             smtps: true,
-            pop3s: has("pop3"),
+            pop3s: has("pop3") || has("nginx") || has("idle"),
             portal: has("portal"),
             tls: tls.clone(),
             max_connections: 30_000,
@@ -269,6 +274,36 @@ fn main() {
         ([127, 0, 0, 1], dovecot.pop3s_port).into(),
         connector(&dovecot.ca_path, resume),
     );
+
+    // The nginx row: nginx's mail proxy in front of the same Dovecot, with the same kind
+    // of certificate as postern's.
+    let nginx = has("nginx").then(|| {
+        if !Nginx::installed() {
+            eprintln!("WARNING: nginx row skipped: apt-get install nginx-core libnginx-mod-mail");
+            return None;
+        }
+        let (cert, key) = match &tls {
+            Some(tls) => (tls.cert.clone(), tls.key.clone()),
+            None => dovecot
+                .ca
+                .issue(tls_dir.path(), "nginx", &["localhost", "127.0.0.1"]),
+        };
+        let nginx = Nginx::start(
+            &cert,
+            &key,
+            ([127, 0, 0, 1], dovecot.imap_port).into(),
+            ([127, 0, 0, 1], dovecot.pop3_port).into(),
+            cores,
+        );
+        let imaps = Target::new("nginx", nginx.imaps, connector(&dovecot.ca_path, resume));
+        let pop3s = Target::new("nginx", nginx.pop3s, connector(&dovecot.ca_path, resume));
+        Some(NginxTargets {
+            _nginx: nginx,
+            imaps,
+            pop3s,
+        })
+    });
+    let nginx = nginx.flatten();
 
     let setup_started = Instant::now();
     let store = runtime
@@ -361,6 +396,7 @@ fn main() {
         smtp_direct,
         pop3_postern,
         pop3_direct,
+        nginx,
         tokens,
         instances,
         accounts,
@@ -374,6 +410,7 @@ fn main() {
             "login" => runtime.block_on(bench.login()),
             "relay" => runtime.block_on(bench.relay()),
             "pop3" => runtime.block_on(bench.pop3()),
+            "nginx" => runtime.block_on(bench.nginx()),
             "xoauth2" => runtime.block_on(bench.xoauth2()),
             "instances" => runtime.block_on(bench.instances()),
             "portal" => runtime.block_on(bench.portal()),
@@ -954,6 +991,13 @@ async fn profiled<T>(label: &str, phase: impl std::future::Future<Output = T>) -
     result
 }
 
+/// nginx's mail proxy and its IMAPS and POP3S listeners as load targets.
+struct NginxTargets {
+    _nginx: Nginx,
+    imaps: Target,
+    pop3s: Target,
+}
+
 /// One side of a comparison of cached logins: where, as whom, and the label of its
 /// phases' profile (`BENCH_PERF=<label>-c32`) when it is the postern process.
 struct Side<'a> {
@@ -1102,6 +1146,8 @@ struct Bench {
     /// `None` unless the pop3 row runs.
     pop3_postern: Option<Target>,
     pop3_direct: Target,
+    /// `None` unless the nginx row runs and nginx is installed.
+    nginx: Option<NginxTargets>,
     /// `None` unless the xoauth2 row runs.
     tokens: Option<TokenBench>,
     /// `None` unless the instances row runs.
@@ -1392,6 +1438,48 @@ impl Bench {
         }
     }
 
+    /// Cached IMAP and POP3 logins through postern against the same through nginx's mail
+    /// proxy.
+    async fn nginx(&self) {
+        let Some(nginx) = &self.nginx else {
+            return;
+        };
+        let postern_pop3 = self.pop3_postern.as_ref().expect("pop3s listener");
+        let a = &self.accounts;
+        for (cycle, postern, nginx, what) in [
+            (
+                Cycle::Imap,
+                &self.imap_postern,
+                &nginx.imaps,
+                "IMAP: connect + TLS + LOGIN + LOGOUT",
+            ),
+            (
+                Cycle::Pop3,
+                postern_pop3,
+                &nginx.pop3s,
+                "POP3: connect + TLS + USER + PASS + QUIT",
+            ),
+        ] {
+            self.section(&format!(
+                "nginx {what}; the direct column is nginx's mail proxy (TLS to clients, \
+                 plaintext to Dovecot, an auth_http that lets every login in)"
+            ));
+            for target in [postern, nginx] {
+                let creds = self.fixed(&a.cached, target);
+                cycle_phase(cycle, target, creds, 4, 10)
+                    .await
+                    .warn("nginx row warm-up");
+            }
+            let side = |target| Side {
+                target,
+                accounts: &a.cached,
+                profile: None,
+            };
+            self.compare_cached_logins(cycle, side(postern), side(nginx), true)
+                .await;
+        }
+    }
+
     /// POP3 through postern and straight to Dovecot's pop3s: login cycles at c = 1 and
     /// c = 32 (cached), RETR of the 10 MiB message, and UIDL of the 2,000-message
     /// mailbox, each on a logged-in session.
@@ -1658,25 +1746,51 @@ impl Bench {
     /// Opens sessions up to each size in `sizes` through each target, measuring memory
     /// at each step; runs its own futures on `runtime` so the sessions outlive them.
     fn idle(&self, runtime: &Runtime, sizes: &[usize]) {
-        self.section(
-            "idle: authenticated sessions in IDLE on INBOX (TLS on both sides for postern)",
-        );
+        // One protocol per run: the RSS a process gave back to its heap is not returned to
+        // the system, so a second protocol's sessions would fill the first one's.
+        match std::env::var("BENCH_IDLE_PROTOCOL").as_deref() {
+            Ok("pop3") => self.idle_sessions(runtime, sizes, Cycle::Pop3),
+            _ => self.idle_sessions(runtime, sizes, Cycle::Imap),
+        }
+    }
+
+    /// One protocol's part of the idle row: IMAP sessions in IDLE on INBOX, or POP3
+    /// sessions logged in and silent.
+    fn idle_sessions(&self, runtime: &Runtime, sizes: &[usize], protocol: Cycle) {
+        let (what, postern, direct) = match protocol {
+            Cycle::Imap => (
+                "idle: authenticated IMAP sessions in IDLE on INBOX",
+                &self.imap_postern,
+                &self.imap_direct,
+            ),
+            Cycle::Pop3 => (
+                "idle: authenticated POP3 sessions, silent after login",
+                self.pop3_postern.as_ref().expect("pop3s listener"),
+                &self.pop3_direct,
+            ),
+        };
+        self.section(&format!("{what} (TLS on both sides for postern)"));
         let postern_pid = self.postern.pid();
         let dovecot_pid = self.dovecot.pid().expect("dovecot pid");
         let mut rows: Vec<(usize, f64, f64, f64, String)> = Vec::new();
         // (sessions, postern KiB/session, dovecot RSS KiB/session, dovecot PSS KiB/session)
         let mut postern_kib: Vec<(usize, f64, String)> = Vec::new();
         let mut direct_kib: Vec<(usize, f64, f64, String)> = Vec::new();
-        for target in [&self.imap_postern, &self.imap_direct] {
+        for target in [postern, direct] {
             let is_postern = target.name == "postern";
             std::thread::sleep(Duration::from_secs(1));
             let before_p = procfs::memory(postern_pid);
             let before_d = procfs::tree_memory(dovecot_pid);
-            let mut sessions: Vec<ImapClient> = Vec::new();
+            let mut sessions: Vec<IdleSession> = Vec::new();
             for &size in sizes {
                 let started = Instant::now();
-                let opened =
-                    runtime.block_on(open_idle(target, &self.accounts.idle, sessions.len(), size));
+                let opened = runtime.block_on(open_idle(
+                    protocol,
+                    target,
+                    &self.accounts.idle,
+                    sessions.len(),
+                    size,
+                ));
                 let (new, errors, first_error) = opened;
                 let opening = started.elapsed();
                 sessions.extend(new);
@@ -2196,12 +2310,30 @@ impl Bench {
 
 /// Opens IDLE sessions number `from..to` (round-robin over `accounts`) with
 /// `IDLE_OPENERS` concurrent openers: (sessions, failures, first failure).
+/// A session opened by [`open_idle`], held open.
+enum IdleSession {
+    Imap(#[allow(dead_code)] ImapClient),
+    Pop3(#[allow(dead_code)] load::pop3::Pop3Client),
+}
+
+/// A POP3 session: logged in, then silent.
+async fn pop3_idle_session(
+    target: &Target,
+    login: &str,
+    password: &str,
+) -> anyhow::Result<load::pop3::Pop3Client> {
+    let mut client = load::pop3::Pop3Client::connect(target, None).await?;
+    client.login(login, password).await?;
+    Ok(client)
+}
+
 async fn open_idle(
+    protocol: Cycle,
     target: &Target,
     accounts: &[Account],
     from: usize,
     to: usize,
-) -> (Vec<ImapClient>, usize, Option<String>) {
+) -> (Vec<IdleSession>, usize, Option<String>) {
     let next = Arc::new(AtomicUsize::new(from));
     let accounts: Arc<Vec<(String, String)>> =
         Arc::new(accounts.iter().map(|a| a.credentials(target)).collect());
@@ -2218,7 +2350,15 @@ async fn open_idle(
                     return (opened, errors, first_error);
                 }
                 let (login, password) = &accounts[i % accounts.len()];
-                match idle_session(&target, login, password).await {
+                let session = match protocol {
+                    Cycle::Imap => idle_session(&target, login, password)
+                        .await
+                        .map(IdleSession::Imap),
+                    Cycle::Pop3 => pop3_idle_session(&target, login, password)
+                        .await
+                        .map(IdleSession::Pop3),
+                };
+                match session {
                     Ok(session) => opened.push(session),
                     Err(e) => {
                         errors += 1;

@@ -26,6 +26,7 @@ pub mod flood;
 pub mod imap;
 pub mod message;
 pub mod net;
+pub mod nginx;
 pub mod pop3;
 pub mod portal;
 pub mod postern;

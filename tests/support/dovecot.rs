@@ -21,8 +21,8 @@ const DOVECOT: &str = "/usr/sbin/dovecot";
 /// the configuration [`Dovecot::start`] writes, which the tests rely on.
 #[derive(Clone, Debug, Default)]
 pub struct DovecotOptions {
-    /// Provision for this many concurrent IMAP sessions: `process_limit` of imap-login
-    /// and imap, `default_client_limit` for the shared services (auth, anvil, log, stats)
+    /// Provision for this many concurrent IMAP (or POP3) sessions: `process_limit` of the
+    /// login services, imap and pop3, `default_client_limit` for the shared services (auth, anvil, log, stats)
     /// and `mail_max_userip_connections`. `None`: Dovecot's limits (100 processes per
     /// service) and 1000 connections per user and address.
     pub max_sessions: Option<u32>,
@@ -319,6 +319,9 @@ impl Dovecot {
             "protocol imap {{\n  mail_max_userip_connections = {userip}\n  \
              mail_plugins = $mail_plugins imap_zlib\n}}"
         ));
+        line(&format!(
+            "protocol pop3 {{\n  mail_max_userip_connections = {userip}\n}}"
+        ));
         if options.pop3_lock_session {
             line("pop3_lock_session = yes");
         }
@@ -335,6 +338,11 @@ impl Dovecot {
                 sessions + 100
             };
             login_settings.push_str(&format!("  process_limit = {processes}\n"));
+            // A pop3 process serves one session.
+            line(&format!(
+                "service pop3 {{\n  process_limit = {processes_for_all}\n}}",
+                processes_for_all = sessions + 100
+            ));
             let per_process = options.imap_client_limit.unwrap_or(1).max(1);
             line(&format!(
                 "service imap {{\n  process_limit = {}\n  client_limit = {per_process}\n}}",
