@@ -366,7 +366,7 @@ pub struct Conversation {
     tls_active: bool,
     phase: Phase,
     /// Received bytes not yet processed, verbatim.
-    input: Vec<u8>,
+    input: Input,
     actions: VecDeque<Action>,
     failed_auths: u32,
     bad_commands: u32,
@@ -404,7 +404,7 @@ impl Conversation {
             tls_active: options.tls_active,
             options,
             phase: Phase::Commands,
-            input: Vec::new(),
+            input: Input::default(),
             actions: VecDeque::new(),
             failed_auths: 0,
             bad_commands: 0,
@@ -431,10 +431,10 @@ impl Conversation {
             Phase::AwaitingTls | Phase::Closed => {}
             Phase::DiscardingLine if self.input.is_empty() => self.discard_through_line_end(bytes),
             Phase::DiscardingChunk { .. } if self.input.is_empty() => {
-                self.input.extend_from_slice(bytes);
+                self.input.extend(bytes);
                 self.discard_chunk();
             }
-            _ => self.input.extend_from_slice(bytes),
+            _ => self.input.extend(bytes),
         }
     }
 
@@ -628,7 +628,7 @@ impl Conversation {
             Phase::ReadingBody => self.advance_body(),
             Phase::DiscardingMessage { .. } => self.advance_discarding_message(),
             Phase::DiscardingLine => {
-                let rest = std::mem::take(&mut self.input);
+                let rest = self.input.take();
                 self.discard_through_line_end(&rest);
                 self.phase != Phase::DiscardingLine
             }
@@ -663,21 +663,11 @@ impl Conversation {
     /// The first line of `input` including its LF, if complete; an error if it is (or would
     /// be) longer than `max_line`.
     fn take_line(&mut self) -> Option<Result<Vec<u8>, LineTooLong>> {
-        let limit = self.options.max_line;
-        match self
-            .input
-            .iter()
-            .take(limit)
-            .position(|&byte| byte == b'\n')
-        {
-            Some(lf) => Some(Ok(self.input.drain(..=lf).collect())),
-            None if self.input.len() >= limit => Some(Err(LineTooLong)),
-            None => None,
-        }
+        self.input.take_line(self.options.max_line)
     }
 
     fn reject_long_line(&mut self) {
-        let rest = std::mem::take(&mut self.input);
+        let rest = self.input.take();
         self.phase = Phase::DiscardingLine;
         self.discard_through_line_end(&rest);
         self.error(LINE_TOO_LONG);
@@ -687,7 +677,7 @@ impl Conversation {
     fn discard_through_line_end(&mut self, bytes: &[u8]) {
         if let Some(lf) = bytes.iter().position(|&byte| byte == b'\n') {
             self.phase = Phase::Commands;
-            self.input.extend_from_slice(&bytes[lf + 1..]);
+            self.input.extend(&bytes[lf + 1..]);
         }
     }
 
@@ -695,7 +685,7 @@ impl Conversation {
     fn discard_chunk(&mut self) {
         if let Phase::DiscardingChunk { remaining } = self.phase {
             let available = remaining.min(self.input.len() as u64);
-            self.input.drain(..available as usize);
+            self.input.consume(available as usize);
             let remaining = remaining - available;
             self.phase = if remaining == 0 {
                 Phase::Commands
@@ -1007,7 +997,7 @@ impl Conversation {
         let take = self.input.len().min(budget);
         let before = self.header.len();
         let (consumed, stop) = scan(&mut self.scan, &self.input[..take], &mut self.header, true);
-        self.input.drain(..consumed);
+        self.input.consume(consumed);
         self.message_size = self
             .message_size
             .saturating_add((self.header.len() - before) as u64);
@@ -1032,7 +1022,7 @@ impl Conversation {
         // Unstuffing only shrinks and line-end repair rarely grows: one allocation.
         let mut chunk = Vec::with_capacity(self.input.len() + 2);
         let (consumed, stop) = scan(&mut self.scan, &self.input, &mut chunk, false);
-        self.input.drain(..consumed);
+        self.input.consume(consumed);
         self.message_size = self.message_size.saturating_add(chunk.len() as u64);
         if self.message_size > self.options.max_message_size {
             self.overflow(Overflow::Size, stop == ScanStop::End);
@@ -1054,7 +1044,7 @@ impl Conversation {
         }
         let mut discarded = Vec::new();
         let (consumed, stop) = scan(&mut self.scan, &self.input, &mut discarded, false);
-        self.input.drain(..consumed);
+        self.input.consume(consumed);
         if stop == ScanStop::End {
             if let Phase::DiscardingMessage { reply } =
                 std::mem::replace(&mut self.phase, Phase::Commands)
@@ -1121,13 +1111,78 @@ impl Conversation {
     fn close(&mut self) {
         self.actions.push_back(Action::Close);
         self.phase = Phase::Closed;
-        self.input = Vec::new();
+        self.input = Input::default();
         self.header = Vec::new();
     }
 }
 
 /// A command line longer than `max_line`.
 struct LineTooLong;
+
+/// Bytes received and not yet consumed, and how far a line end has been looked for in
+/// them: a command line trickled in a byte per read is searched once in all, not once per
+/// read (which would make an 8 KiB line cost 32 million comparisons).
+#[derive(Debug, Default)]
+struct Input {
+    bytes: Vec<u8>,
+    /// `bytes[..searched]` holds no LF. Every change at the front resets it.
+    searched: usize,
+}
+
+impl std::ops::Deref for Input {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Input {
+    fn extend(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    /// Drops the first `n` bytes.
+    fn consume(&mut self, n: usize) {
+        self.bytes.drain(..n);
+        self.searched = 0;
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.searched = 0;
+    }
+
+    /// All of it, leaving nothing.
+    fn take(&mut self) -> Vec<u8> {
+        self.searched = 0;
+        std::mem::take(&mut self.bytes)
+    }
+
+    /// The first line including its LF, if complete; an error if it is (or would be)
+    /// longer than `limit`.
+    fn take_line(&mut self, limit: usize) -> Option<Result<Vec<u8>, LineTooLong>> {
+        let window = self.bytes.len().min(limit);
+        let from = self.searched.min(window);
+        match self.bytes[from..window]
+            .iter()
+            .position(|&byte| byte == b'\n')
+        {
+            Some(lf) => {
+                self.searched = 0;
+                Some(Ok(self.bytes.drain(..=from + lf).collect()))
+            }
+            None if self.bytes.len() >= limit => {
+                self.searched = 0;
+                Some(Err(LineTooLong))
+            }
+            None => {
+                self.searched = window;
+                None
+            }
+        }
+    }
+}
 
 /// The reply code of a reply (its first three digits), if it has one.
 fn reply_code(reply: &[u8]) -> Option<u16> {
@@ -2455,6 +2510,21 @@ mod tests {
             assert!(m.input.len() <= 64);
         }
         assert_eq!(exchange(&mut m, b"yyy\r\nNOOP\r\n"), "250 2.0.0 OK\r\n");
+    }
+
+    #[test]
+    fn a_line_trickled_a_byte_at_a_time_is_searched_once() {
+        let mut m = implicit_tls();
+        assert!(exchange(&mut m, b"EHLO c\r\n").starts_with("250"));
+        for &byte in b"NOOP xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" {
+            assert_eq!(exchange(&mut m, &[byte]), "");
+            assert_eq!(m.input.searched, m.input.len(), "searched up to the end");
+        }
+        assert_eq!(exchange(&mut m, b"\r"), "");
+        assert_eq!(exchange(&mut m, b"\nNO"), "250 2.0.0 OK\r\n");
+        // The next line is searched from its own start: "NO" so far.
+        assert_eq!(m.input.searched, 2);
+        assert_eq!(exchange(&mut m, b"OP\r\n"), "250 2.0.0 OK\r\n");
     }
 
     #[test]
