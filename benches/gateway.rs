@@ -1521,6 +1521,7 @@ impl Bench {
         let (list, big) = (a.relay_list.clone().unwrap(), a.relay_big.clone().unwrap());
         let (mut mibs_p, mut mibs_d, mut uidl_p, mut uidl_d) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut cpu_p, mut cpu_d, mut postern_cpu) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..self.runs {
             for target in targets(run) {
                 // A POP3 session sees the mailbox as it was at login: one per run.
@@ -1536,6 +1537,10 @@ impl Bench {
                 let warm = session.listing("RETR 1").await.expect("RETR");
                 assert!(warm.bytes >= RELAY_BIG_MIB * MIB, "{warm:?}");
                 let started = Instant::now();
+                let (machine_before, postern_before) = (
+                    procfs::machine_busy_seconds(),
+                    procfs::cpu_seconds(self.postern.pid()).unwrap_or(0.0),
+                );
                 let retrs = async {
                     let mut bytes = 0;
                     for _ in 0..RELAY_BIG_FETCHES {
@@ -1548,7 +1553,12 @@ impl Bench {
                 } else {
                     retrs.await
                 };
-                let mibs = bytes as f64 / MIB as f64 / started.elapsed().as_secs_f64();
+                let mib = bytes as f64 / MIB as f64;
+                let mibs = mib / started.elapsed().as_secs_f64();
+                let machine_ms = (procfs::machine_busy_seconds() - machine_before) * 1e3 / mib;
+                let postern_ms =
+                    (procfs::cpu_seconds(self.postern.pid()).unwrap_or(0.0) - postern_before) * 1e3
+                        / mib;
                 let _ = session.quit().await;
                 let mut session = open(&list).await.expect("pop3 session");
                 let warm = session.listing("UIDL").await.expect("UIDL");
@@ -1564,9 +1574,12 @@ impl Bench {
                 if target.name == "postern" {
                     mibs_p.push(mibs);
                     uidl_p.push(median(&times));
+                    cpu_p.push(machine_ms);
+                    postern_cpu.push(postern_ms);
                 } else {
                     mibs_d.push(mibs);
                     uidl_d.push(median(&times));
+                    cpu_d.push(machine_ms);
                 }
             }
         }
@@ -1576,6 +1589,20 @@ impl Bench {
             mibs_p,
             mibs_d,
             format!("{RELAY_BIG_FETCHES} RETRs per run"),
+        );
+        self.add(
+            &format!("RETR of {RELAY_BIG_MIB} MiB: machine CPU ms/MiB"),
+            2,
+            cpu_p,
+            cpu_d,
+            "clients, postern and Dovecot: /proc/stat".into(),
+        );
+        self.add(
+            &format!("RETR of {RELAY_BIG_MIB} MiB: postern CPU ms/MiB"),
+            2,
+            postern_cpu,
+            Vec::new(),
+            "utime+stime of the postern process".into(),
         );
         self.add(
             &format!("UIDL of {RELAY_MAILBOX} msgs: ms"),
