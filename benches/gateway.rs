@@ -1007,6 +1007,17 @@ struct Side<'a> {
     profile: Option<&'a str>,
 }
 
+impl<'a> Side<'a> {
+    /// A side that is not profiled.
+    fn new(target: &'a Target, accounts: &'a [Account]) -> Self {
+        Side {
+            target,
+            accounts,
+            profile: None,
+        }
+    }
+}
+
 /// Which protocol's login cycle a phase runs.
 #[derive(Clone, Copy)]
 enum Cycle {
@@ -1471,12 +1482,8 @@ impl Bench {
                     .await
                     .warn("nginx row warm-up");
             }
-            let side = |target| Side {
-                target,
-                accounts: &a.cached,
-                profile: None,
-            };
-            self.compare_cached_logins(cycle, side(postern), side(nginx), true)
+            let (postern, nginx) = (Side::new(postern, &a.cached), Side::new(nginx, &a.cached));
+            self.compare_cached_logins(cycle, postern, nginx, true)
                 .await;
         }
     }
@@ -1509,11 +1516,7 @@ impl Bench {
                 accounts: &a.cached,
                 profile: Some("pop3"),
             },
-            Side {
-                target: &self.pop3_direct,
-                accounts: &a.cached,
-                profile: None,
-            },
+            Side::new(&self.pop3_direct, &a.cached),
             true,
         )
         .await;
@@ -1637,16 +1640,8 @@ impl Bench {
         let requests_before = tokens.idp.token_requests();
         self.compare_cached_logins(
             Cycle::Imap,
-            Side {
-                target: &tokens.target,
-                accounts: &tokens.accounts,
-                profile: None,
-            },
-            Side {
-                target: &self.imap_postern,
-                accounts: &self.accounts.cached,
-                profile: None,
-            },
+            Side::new(&tokens.target, &tokens.accounts),
+            Side::new(&self.imap_postern, &self.accounts.cached),
             false,
         )
         .await;
@@ -1679,16 +1674,8 @@ impl Bench {
         }
         self.compare_cached_logins(
             Cycle::Imap,
-            Side {
-                target: &three.target,
-                accounts: &three.accounts,
-                profile: None,
-            },
-            Side {
-                target: &self.imap_postern,
-                accounts: &self.accounts.cached,
-                profile: None,
-            },
+            Side::new(&three.target, &three.accounts),
+            Side::new(&self.imap_postern, &self.accounts.cached),
             false,
         )
         .await;
